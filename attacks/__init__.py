@@ -1,0 +1,1 @@
+"""dfl-sim plugin package: attacks (registers into dfl.registries)."""

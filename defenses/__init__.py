@@ -1,0 +1,1 @@
+"""dfl-sim plugin package: defenses (registers into dfl.registries)."""

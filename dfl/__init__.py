@@ -1,0 +1,5 @@
+"""dfl-sim: a simulated decentralized federated learning testbed for privacy research."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

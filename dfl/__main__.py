@@ -1,0 +1,5 @@
+import sys
+
+from dfl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,284 @@
+"""The Python API the CLI is a thin layer over: ``run``, ``resume``, ``compare``, ``validate``.
+
+    from dfl.api import run
+    result = run("experiments/ring_digits.yaml", ["rounds=3"])
+    result.summary["final"]["mean_test_acc"]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfl.config import ExperimentConfig, load_config, parse_override
+from dfl.errors import ConfigError, DataError, RunError
+from dfl.rundir import RunDir
+
+ProgressFn = Callable[[int, int, dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _config(config: ExperimentConfig | str | Path, overrides: Sequence[str]) -> ExperimentConfig:
+    if isinstance(config, ExperimentConfig):
+        if overrides:
+            from dfl.config import parse_config
+
+            return parse_config(config.model_dump(mode="json"), list(overrides))
+        return config
+    return load_config(config, list(overrides))
+
+
+def prepare(cfg: ExperimentConfig) -> Any:
+    """Load data, make splits and build the initial model: every data/model error surfaces here."""
+    from dfl.population import Population
+
+    try:
+        population = Population.from_config(cfg)
+    except DataError as exc:
+        msg = str(exc)
+        raise DataError(msg if msg.startswith("data") else f"data.dataset ({cfg.data.dataset.name}): {msg}") from None
+    population.template()
+    return population
+
+
+def validate(config: ExperimentConfig | str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Schema, plugin params, cross-field checks and data availability; no training."""
+    from dfl.data import locate_dataset
+
+    cfg = _config(config, overrides)
+    try:
+        locate_dataset(cfg.data.dataset, Path(cfg.data.root).expanduser() if cfg.data.root else None)
+    except DataError as exc:
+        msg = str(exc)
+        raise DataError(msg if msg.startswith("data") else f"data.dataset ({cfg.data.dataset.name}): {msg}") from None
+    return cfg
+
+
+def run(
+    config: ExperimentConfig | str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    out_dir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    stop_after: int | None = None,
+    t0: float | None = None,
+) -> RunResult:
+    """Run an experiment to the end (or, with ``stop_after=k``, stop after round k as if interrupted)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    cfg = _config(config, overrides)
+    population = prepare(cfg)
+    rundir = RunDir.create(cfg, Path(out_dir) if out_dir is not None else None)
+    return _execute(cfg, population, rundir, 0, None, progress, stop_after, t0)
+
+
+def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, stop_after: int | None = None) -> RunResult:
+    """Continue an interrupted run from its last checkpoint; the metrics equal an uninterrupted run's."""
+    t0 = time.perf_counter()
+    rundir = RunDir.open(run_dir)
+    if rundir.status == "complete":
+        raise RunError(f"{rundir.path} is already complete; nothing to resume (start a new run instead)")
+    cfg = rundir.config()
+    ckpt = rundir.load_checkpoint()
+    population = prepare(cfg)
+    rundir.truncate_metrics(ckpt["metrics_bytes"])
+    rundir.set_status("running")
+    return _execute(cfg, population, rundir, ckpt["round"], ckpt["participants"], progress, stop_after, t0)
+
+
+def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int, snaps: list[Any] | None,
+             progress: ProgressFn | None, stop_after: int | None, t0: float) -> RunResult:
+    from dfl.engines import ENGINES
+    from dfl.federation import Federation
+    from dfl.report import write_outputs
+    from dfl.topology import build_graph
+
+    timings: dict[str, float] = {"setup_s": time.perf_counter() - t0}
+    engine = ENGINES[cfg.engine.name](population)
+    try:
+        if snaps is not None:
+            engine.restore(snaps)
+        fed = Federation(cfg, population, engine)
+        round_times = []
+        for round_idx, records in fed.rounds(start):
+            tr = time.perf_counter()
+            rundir.append(records)
+            done = round_idx + 1
+            k = cfg.output.checkpoint_every
+            if k and (done % k == 0 or done == cfg.rounds):
+                rundir.save_checkpoint(done, engine.snapshot())
+            round_times.append(time.perf_counter() - tr)
+            if round_idx == start:
+                timings["to_first_round_s"] = time.perf_counter() - t0
+            if progress:
+                progress(done, cfg.rounds, records[-1])
+            if stop_after is not None and done >= stop_after and done < cfg.rounds:
+                rundir.set_status("interrupted")
+                return RunResult(rundir.path, "interrupted", timings=timings)
+        timings["rounds_s"] = time.perf_counter() - t0 - timings["setup_s"]
+        records = rundir.records()
+        splits = population.splits
+        summary = write_outputs(
+            rundir.path, cfg, records, population.sample_counts(),
+            splits.label_histograms(population.data.y_train, population.data.num_classes),
+            population.data.classes, build_graph(cfg, 0), {"status": "complete"},
+        )
+        timings["total_s"] = time.perf_counter() - t0
+        (rundir.path / "timings.json").write_text(json.dumps(timings, indent=2))
+        rundir.set_status("complete")
+        return RunResult(rundir.path, "complete", summary, timings)
+    except KeyboardInterrupt:
+        rundir.set_status("interrupted")
+        raise
+    except BaseException:
+        rundir.set_status("failed")
+        raise
+    finally:
+        engine.close()
+
+
+# ------------------------------------------------------------------------------------------ compare
+
+
+def parse_over(text: str) -> tuple[str, list[Any]]:
+    """``topology.name=ring,star`` -> (``"topology.name"``, ``["ring", "star"]``); brackets keep commas."""
+    if "=" not in text:
+        raise ConfigError([("--over", f"{text!r} is not of the form key=v1,v2 (e.g. topology.name=ring,star)")])
+    key, _, raw = text.partition("=")
+    key = parse_override(f"{key}=0")[0]
+    parts, depth, cur = [], 0, ""
+    for ch in raw:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    values = [p.strip() for p in parts if p.strip()]
+    if not values:
+        raise ConfigError([("--over", f"{text!r} lists no values; write key=v1,v2 (e.g. topology.name=ring,star)")])
+    return key, values
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    runs: list[RunResult]
+
+
+COMPARE_METRICS = ("mean_test_acc", "min_test_acc", "mean_train_acc", "mean_holdout_acc", "generalization_gap",
+                   "consensus_distance")
+
+
+def compare(
+    config: str | Path,
+    over: Sequence[str],
+    *,
+    seeds: int = 1,
+    overrides: Sequence[str] = (),
+    out_dir: str | Path | None = None,
+    on_run: Callable[[str, int, int], None] | None = None,
+) -> CompareResult:
+    """Run the grid ``over`` x ``seeds`` and write one table (mean ± std over seeds) and plots."""
+    if seeds < 1:
+        raise ConfigError([("--seeds", f"must be at least 1, got {seeds}")])
+    axes = [parse_over(o) for o in over]
+    if not axes:
+        raise ConfigError([("--over", "give at least one axis, e.g. --over topology.name=ring,star")])
+    base = load_config(config, list(overrides))
+    cells = []
+    for combo in itertools.product(*[vals for _, vals in axes]):
+        sets = [f"{k}={v}" for (k, _), v in zip(axes, combo, strict=True)]
+        label = ", ".join(sets)
+        cfgs = [load_config(config, [*overrides, *sets, f"seed={base.seed + s}"]) for s in range(seeds)]
+        cells.append((label, dict(zip([k for k, _ in axes], combo, strict=True)), cfgs))
+    for _, _, cfgs in cells:  # every cell's data must be there before anything runs
+        validate(cfgs[0])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir if out_dir is not None else base.output.dir) / f"compare-{base.name}-{stamp}"
+    (out / "plots").mkdir(parents=True, exist_ok=False)
+    results: list[RunResult] = []
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    total = len(cells) * seeds
+    for label, values, cfgs in cells:
+        finals: list[dict[str, float]] = []
+        for cfg in cfgs:
+            if on_run:
+                on_run(label, len(results) + 1, total)
+            res = run(cfg, out_dir=out / "runs")
+            results.append(res)
+            finals.append(res.summary["final"])
+            recs = RunDir(res.run_dir).records()
+            curves.setdefault(label, []).append(
+                [(r["round"], r["mean_test_acc"]) for r in recs if r["kind"] == "round" and "mean_test_acc" in r])
+        row: dict[str, Any] = {**values, "seeds": len(cfgs)}
+        for m in COMPARE_METRICS:
+            vals = [f[m] for f in finals if m in f]
+            if vals:
+                import numpy as np
+
+                row[m] = float(np.mean(vals))
+                row[f"{m}_std"] = float(np.std(vals))
+        rows.append(row)
+    _write_comparison(out, axes, rows, curves)
+    return CompareResult(out, rows, results)
+
+
+def _write_comparison(out: Path, axes: list[tuple[str, list[Any]]], rows: list[dict[str, Any]],
+                      curves: dict[str, list[list[tuple[int, float]]]]) -> None:
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fields = list(rows[0])
+    for r in rows[1:]:
+        fields += [k for k in r if k not in fields]
+    with open(out / "comparison.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    keys = [k for k, _ in axes]
+    metrics = [m for m in COMPARE_METRICS if m in rows[0]]
+    lines = ["# Comparison", "", f"Mean ± std over {rows[0]['seeds']} seed(s) of each run's final metrics.", "",
+             "| " + " | ".join(keys + metrics) + " |", "|" + "---|" * (len(keys) + len(metrics))]
+    for r in rows:
+        cells = [str(r[k]) for k in keys] + [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![mean test accuracy per round](plots/accuracy.png)", ""]
+    (out / "comparison.md").write_text("\n".join(lines))
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, runs in curves.items():
+        if not runs or not runs[0]:
+            continue
+        rounds = [r for r, _ in runs[0]]
+        arr = np.array([[v for _, v in run] for run in runs])
+        ax.plot(rounds, arr.mean(0), marker="o", ms=3, label=label)
+        if len(runs) > 1:
+            ax.fill_between(rounds, arr.mean(0) - arr.std(0), arr.mean(0) + arr.std(0), alpha=0.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean test accuracy over nodes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "accuracy.png", dpi=110)
+    plt.close(fig)

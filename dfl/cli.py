@@ -1,0 +1,210 @@
+"""``dfl-sim``: run, resume, validate, list and compare experiments.
+
+A thin layer over :mod:`dfl.api`. Every ``DflError`` (bad config, data, CLI input) is printed as one
+message and exits with code 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.perf_counter()
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+from rich.console import Console  # noqa: E402
+
+from dfl.errors import DflError  # noqa: E402
+
+FAMILIES = ("datasets", "partitioners", "models", "topologies", "aggregators", "attacks", "defenses")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dfl-sim", description="Decentralized federated learning simulator for privacy research.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run an experiment (or resume one)")
+    r.add_argument("config", nargs="?", help="experiment YAML file")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set rounds=3 (repeatable)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("--out", metavar="DIR", help="parent directory of the run directory (default: output.dir)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+
+    v = sub.add_parser("validate", help="check an experiment file without running it")
+    v.add_argument("config")
+    v.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+
+    li = sub.add_parser("list", help="list registered datasets, models, topologies, ... with their parameters")
+    li.add_argument("family", nargs="?", choices=FAMILIES, help="one family (default: all)")
+
+    c = sub.add_parser("compare", help="run a grid of experiments and write one comparison table")
+    c.add_argument("config")
+    c.add_argument("--over", action="append", default=[], metavar="KEY=V1,V2",
+                   help="an axis of the grid, e.g. --over topology.name=fully_connected,ring,star (repeatable)")
+    c.add_argument("--seeds", type=int, default=1, help="seeds per grid cell (seed, seed+1, ...)")
+    c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--out", metavar="DIR", help="parent directory of the comparison directory")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        return int(_dispatch(args, console) or 0)
+    except DflError as exc:
+        console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted; resume with `dfl-sim run --resume RUN_DIR`")
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    if args.command == "list":
+        return _list(args.family)
+    if args.command == "validate":
+        from dfl.api import validate
+
+        cfg = validate(args.config, args.sets)
+        console.print(f"{args.config}: valid ({cfg.nodes} nodes, {cfg.topology.name}, {cfg.data.dataset.name}, "
+                      f"{cfg.model.name}, {cfg.rounds} rounds)", highlight=False)
+        return 0
+    if args.command == "run":
+        return _run(args, console)
+    if args.command == "compare":
+        return _compare(args, console)
+    raise AssertionError(args.command)
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from dfl import api
+    from dfl.errors import ConfigError
+
+    if bool(args.config) == bool(args.resume):
+        raise ConfigError([("run", "give either a CONFIG file or --resume RUN_DIR (one of them)")])
+    if args.resume and args.sets:
+        raise ConfigError([("--set", "cannot override a resumed run's config; start a new run instead")])
+    show = not args.quiet
+    with _progress(console, show) as update:
+        if args.resume:
+            result = api.resume(args.resume, progress=update)
+        else:
+            result = api.run(args.config, args.sets, out_dir=args.out, progress=update, t0=_T0)
+    if show:
+        _summary_table(console, result.summary)
+    print(f"report: {result.run_dir / 'report.md'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace, console: Console) -> int:
+    from dfl import api
+
+    def on_run(label: str, i: int, total: int) -> None:
+        console.print(f"[{i}/{total}] {label}", highlight=False)
+
+    res = api.compare(args.config, args.over, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run)
+    from rich.table import Table
+
+    table = Table(title="comparison (mean ± std over seeds)")
+    keys = [k for k in res.rows[0] if not k.endswith("_std") and k != "seeds"]
+    for k in keys:
+        table.add_column(k)
+    for row in res.rows:
+        table.add_row(*[f"{row[k]:.4f} ± {row[k + '_std']:.4f}" if f"{k}_std" in row else str(row[k]) for k in keys])
+    Console().print(table)
+    print(f"comparison: {res.out_dir / 'comparison.md'}")
+    return 0
+
+
+class _progress:
+    """A rich progress bar over rounds; yields the callback ``api.run`` calls after every round."""
+
+    def __init__(self, console: Console, show: bool) -> None:
+        self.console, self.show = console, show
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.show:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[info]}"), console=self.console, transient=False)
+        self.bar.__enter__()
+        self.task = None
+
+        def update(done: int, total: int, summary: dict[str, Any]) -> None:
+            if self.task is None:
+                self.task = self.bar.add_task("rounds", total=total, completed=0, info="")
+            info = f"test acc {summary['mean_test_acc']:.3f}" if "mean_test_acc" in summary else ""
+            self.bar.update(self.task, completed=done, info=info)
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _summary_table(console: Console, summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    if not summary:
+        return
+    per = summary.get("per_node", [])
+    final = summary.get("final", {})
+    table = Table(title=f"{summary['name']}: round {summary['final_round']}")
+    if per and len(per) <= 20:
+        keys = list(per[0])
+        for k in keys:
+            table.add_column(k, justify="right")
+        for r in per:
+            table.add_row(*[f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys])
+    else:
+        for k in ("metric", "mean", "std", "min", "max"):
+            table.add_column(k, justify="right")
+        for k in final:
+            if k.startswith("mean_"):
+                m = k[5:]
+                table.add_row(m, *[f"{final[f'{s}_{m}']:.4f}" for s in ("mean", "std", "min", "max")])
+    Console().print(table)
+    if "generalization_gap" in final:
+        Console().print(f"generalisation gap {final['generalization_gap']:.4f}, "
+                        f"consensus distance {final.get('consensus_distance', float('nan')):.4g}", highlight=False)
+
+
+def _list(family: str | None) -> int:
+    from rich.console import Console as C
+    from rich.table import Table
+
+    from dfl.plugins import load_plugins
+    from dfl.registries import FAMILIES as REG
+
+    load_plugins()
+    out = C()
+    for fam in [family] if family else FAMILIES:
+        reg = REG[fam]
+        table = Table(title=fam, show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("parameters (default)")
+        table.add_column("description")
+        for entry in reg:
+            params = []
+            for name, f in entry.params.model_fields.items():
+                default = "required" if f.is_required() else (
+                    repr(f.default_factory()) if f.default_factory else repr(f.default))  # type: ignore[call-arg]
+                params.append(f"{name}={default}")
+            table.add_row(entry.name, ", ".join(params) or "-", entry.summary)
+        if not len(reg):
+            table.add_row("-", "-", f"no {fam} registered yet")
+        out.print(table)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

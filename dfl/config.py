@@ -1,0 +1,251 @@
+"""The experiment as data: one pydantic model tree, ``extra="forbid"``, loaded with ``yaml.safe_load``.
+
+Loading collects every error with its dotted path (schema errors, plugin ``params`` errors from the
+registries, and cross-field checks such as attacker ids against ``nodes``) and raises one
+:class:`~dfl.errors.ConfigError`. ``--set a.b=c`` overrides are applied to the raw mapping first, so
+they are validated like the file itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dfl.errors import ConfigError
+from dfl.registry import pydantic_errors
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Spec(Strict):
+    """A plugin reference: ``{name: <registry key>, params: {...}}``."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(Strict):
+    dataset: Spec = Field(default_factory=lambda: Spec(name="digits"))
+    root: str | None = Field(None, description="data root; default $DFL_SIM_DATA or ~/.cache/dfl-sim/data")
+    partition: Spec = Field(default_factory=lambda: Spec(name="iid"))
+    samples_per_node: int | None = Field(None, gt=0, description="cap on each node's share (train + holdout)")
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of each node's data never trained on")
+    auxiliary_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="share of the train pool kept for attackers")
+    test_samples: int | None = Field(None, gt=0, description="cap on the shared test set")
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class TrainingConfig(Strict):
+    local_epochs: int | None = Field(1, gt=0)
+    local_steps: int | None = Field(None, gt=0, description="if set, replaces local_epochs")
+    batch_size: int = Field(32, gt=0)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    reset_optimizer: bool = Field(False, description="fresh optimizer state every round")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainingConfig:
+        if self.local_epochs is None and self.local_steps is None:
+            raise ValueError("set training.local_epochs or training.local_steps")
+        return self
+
+
+class TopologyConfig(Strict):
+    name: str = "ring"
+    params: dict[str, Any] = Field(default_factory=dict)
+    resample_every: int | None = Field(None, gt=0, description="rebuild the graph every k rounds (random graphs)")
+    link_failure: float = Field(0.0, ge=0.0, lt=1.0, description="per-round probability that an edge is down")
+    allow_disconnected: bool = False
+
+
+class EvalConfig(Strict):
+    every: int = Field(1, gt=0)
+    splits: list[Literal["train", "holdout", "test"]] = Field(default_factory=lambda: ["train", "holdout", "test"])
+    max_samples: int | None = Field(2000, gt=0, description="per node and split; a fixed seeded subset")
+    batch_size: int = Field(1000, gt=0)
+
+
+class EngineConfig(Strict):
+    name: Literal["serial"] = "serial"
+
+
+class OutputConfig(Strict):
+    dir: str = "runs"
+    checkpoint_every: int = Field(1, ge=0, description="0 disables checkpoints (and --resume)")
+    plots: bool = True
+    progress: bool = True
+
+
+class ExperimentConfig(Strict):
+    """One experiment: data, partition, model, topology, rounds, attackers, engine."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(gt=0)
+    nodes: int = Field(gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: Spec = Field(default_factory=lambda: Spec(name="mlp"))
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    aggregator: Spec = Field(default_factory=lambda: Spec(name="neighbourhood_mean"))
+    attackers: list[int] = Field(default_factory=list, description="node ids of attacker participants")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML file with ``yaml.safe_load``; syntax errors name the line and column."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([("", f"config file {str(p)!r} does not exist; check the path")])
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([("", f"YAML syntax error{where}: {problem}; fix the file")], source=str(p)) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("", f"the file must hold a mapping of keys, got {type(raw).__name__}")], source=str(p))
+    return raw
+
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^\d+$")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=c`` -> (``"a.b"``, value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError([("--set", f"{text!r} is not of the form key.path=value (e.g. --set rounds=3)")])
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or not all(_KEY.match(part) for part in key.split(".")):
+        raise ConfigError([("--set", f"{key!r} is not a dotted key path (e.g. data.partition.params.alpha)")])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def apply_override(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``key`` (dotted, list indices allowed) set to ``value``."""
+    out = copy.deepcopy(raw)
+    node: Any = out
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            idx = int(part) if part.isdigit() else None
+            if idx is None or idx >= len(node):
+                raise ConfigError([(here, f"index {part} is out of range for a list of {len(node)}")])
+            node = node[idx]
+        elif isinstance(node, dict):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise ConfigError([(here, f"cannot set a key inside a {type(node).__name__} value")])
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError([(key, f"index {last} is out of range for a list of {len(node)}")])
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError([(key, f"cannot set a key inside a {type(node).__name__} value")])
+    return out
+
+
+def parse_config(raw: dict[str, Any], overrides: list[str] = (), source: str | None = None) -> ExperimentConfig:  # type: ignore[assignment]
+    """Validate a raw mapping (after overrides); collect every error and raise one ``ConfigError``."""
+    for text in overrides:
+        key, value = parse_override(text)
+        raw = apply_override(raw, key, value)
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(pydantic_errors(exc), source=source) from None
+    errors = resolve_plugins(cfg) + cross_checks(cfg)
+    if errors:
+        raise ConfigError(errors, source=source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:  # type: ignore[assignment]
+    """Read, override and validate an experiment file."""
+    return parse_config(read_yaml(path), overrides, source=str(path))
+
+
+def resolve_plugins(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """Check each plugin spec against its registry and fill in its params' defaults, in place."""
+    from dfl.plugins import load_plugins
+    from dfl.registries import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, TOPOLOGIES
+
+    load_plugins()
+    errors: list[tuple[str, str]] = []
+    specs: list[tuple[str, Any, Any]] = [
+        ("data.dataset", cfg.data.dataset, DATASETS),
+        ("data.partition", cfg.data.partition, PARTITIONERS),
+        ("model", cfg.model, MODELS),
+        ("topology", cfg.topology, TOPOLOGIES),
+        ("aggregator", cfg.aggregator, AGGREGATORS),
+    ]
+    for path, spec, registry in specs:
+        try:
+            entry = registry.get(spec.name, f"{path}.name")
+            spec.params = entry.parse_params(spec.params, f"{path}.params").model_dump(mode="json")
+        except ConfigError as exc:
+            errors += exc.errors
+    return errors
+
+
+def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """Checks that span fields: attacker ids, graph shape and connectivity."""
+    errors: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    for i, a in enumerate(cfg.attackers):
+        if not 0 <= a < cfg.nodes:
+            errors.append((f"attackers.{i}", f"node id {a} is out of range; ids run from 0 to {cfg.nodes - 1} (nodes={cfg.nodes})"))
+        if a in seen:
+            errors.append((f"attackers.{i}", f"node id {a} is listed twice; list each attacker once"))
+        seen.add(a)
+    if not errors and len(seen) == cfg.nodes and cfg.nodes > 0:
+        errors.append(("attackers", f"all {cfg.nodes} nodes are attackers; leave at least one victim"))
+    if not any(p for p, _ in errors if p.startswith("topology")):
+        from dfl.topology import check_topology
+
+        errors += check_topology(cfg)
+    return errors
+
+
+def default_data_root() -> Path:
+    """``$DFL_SIM_DATA`` or ``~/.cache/dfl-sim/data``."""
+    env = os.environ.get("DFL_SIM_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dfl-sim" / "data"
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (every default written out)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,89 @@
+"""``Federation``: the synchronous round loop, written once for every engine.
+
+Round r (0-based inside, reported 1-based): every node trains locally -> shares its state with its
+neighbours in the round-r graph -> observers (attackers) see what was shared -> every node aggregates
+``x_i <- sum_j W_ij x_j`` with the configured mixing rule -> evaluation every ``eval.every`` rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import networkx as nx
+import numpy as np
+import torch
+
+from dfl.config import ExperimentConfig
+from dfl.engines.base import Engine
+from dfl.mixing import consensus_distance
+from dfl.population import Population
+from dfl.registries import AGGREGATORS
+from dfl.topology import build_graph
+
+Record = dict[str, Any]
+
+
+class Observer(Protocol):
+    """Sees the states shared in a round (attackers hook in here); returns extra metric records."""
+
+    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor) -> list[Record]: ...
+
+
+class Federation:
+    """Runs rounds on an engine and turns what happens into metric records."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        population: Population,
+        engine: Engine,
+        observers: list[Observer] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.population = population
+        self.engine = engine
+        self.observers = observers or []
+        entry = AGGREGATORS.get(cfg.aggregator.name, "aggregator.name")
+        self._params = entry.parse_params(cfg.aggregator.params, "aggregator.params")
+        self._weights: Callable[..., np.ndarray] = entry.obj
+        self._counts = population.sample_counts()
+
+    def mixing_matrix(self, graph: nx.Graph) -> np.ndarray:
+        """``W: (n_nodes, n_nodes)`` of the configured aggregator on ``graph``."""
+        return self._weights(graph, self._counts, self._params)
+
+    def is_eval_round(self, round_idx: int) -> bool:
+        r = round_idx + 1
+        return r % self.cfg.eval.every == 0 or r == self.cfg.rounds
+
+    def run_round(self, round_idx: int) -> list[Record]:
+        """One synchronous round; returns its metric records in a fixed order."""
+        r = round_idx + 1
+        graph = build_graph(self.cfg, round_idx)
+        stats = self.engine.train(round_idx)
+        shared = self.engine.share()
+        records: list[Record] = [{"round": r, "node": i, "kind": "train", **s} for i, s in enumerate(stats)]
+        for obs in self.observers:
+            records += obs.observe(round_idx, graph, shared)
+        new = self.engine.mix(self.mixing_matrix(graph), shared)
+        summary: Record = {
+            "round": r,
+            "node": None,
+            "kind": "round",
+            "edges": graph.number_of_edges(),
+            "train_loss": float(np.mean([s["loss"] for s in stats])),
+            "consensus_distance": consensus_distance(new),
+        }
+        if self.is_eval_round(round_idx):
+            evals = self.engine.evaluate(list(self.cfg.eval.splits))
+            records += [{"round": r, "node": i, "kind": "eval", **e} for i, e in enumerate(evals)]
+            for key in evals[0]:
+                summary[f"mean_{key}"] = float(np.mean([e[key] for e in evals]))
+        records.append(summary)
+        return records
+
+    def rounds(self, start: int = 0) -> Iterator[tuple[int, list[Record]]]:
+        """Yield ``(round_idx, records)`` for rounds ``start .. rounds-1``."""
+        for round_idx in range(start, self.cfg.rounds):
+            yield round_idx, self.run_round(round_idx)

@@ -1,0 +1,217 @@
+"""Mixing matrices and gossip: the math of decentralized aggregation, as pure functions over arrays.
+
+One synchronous round of gossip is ``X <- W @ X`` where ``X`` stacks the nodes' parameter vectors,
+``(n_nodes, n_params)``, and ``W`` is an ``(n_nodes, n_nodes)`` row-stochastic mixing matrix whose
+support is each node itself plus its neighbours in the round's graph. Rules (Xiao & Boyd, "Fast linear
+iterations for distributed averaging", 2004; Boyd et al., "Randomized gossip algorithms", 2006):
+
+- neighbourhood mean:   ``W_ij = 1 / (deg_i + 1)`` for ``j in N(i) + {i}``;
+- sample weighted:      ``W_ij = s_j / sum_{k in N(i) + {i}} s_k`` (FedAvg weights over the neighbourhood);
+- Metropolis-Hastings:  ``W_ij = 1 / (1 + max(deg_i, deg_j))`` for edges, ``W_ii = 1 - sum_{j != i} W_ij``
+  (symmetric and doubly stochastic on any undirected graph, so gossip preserves the mean).
+
+``gossip`` does not call a matrix product: it accumulates each row as ``sum_j W_ij * x_j`` over the
+row's nonzero ``j`` in increasing order with elementwise tensor ops, so a node's result depends only on
+its row and its neighbours' states -- never on BLAS blocking, thread count, or which process or shard
+computes it. A sharded engine that calls ``gossip(states, W[rows])`` gets bit-identical rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import networkx as nx
+import numpy as np
+import numpy.typing as npt
+import torch
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+# --------------------------------------------------------------------------------------------- matrices
+
+
+def adjacency_matrix(graph: nx.Graph) -> BoolArray:
+    """The ``(n, n)`` boolean adjacency of a graph on nodes ``0..n-1``, diagonal False (self loops dropped)."""
+    n = graph.number_of_nodes()
+    if set(graph.nodes) != set(range(n)):
+        raise ValueError(f"graph nodes must be 0..{n - 1}, got {sorted(graph.nodes)[:10]}...")
+    adj = np.zeros((n, n), dtype=bool)
+    for u, v in graph.edges:
+        if u != v:
+            adj[u, v] = adj[v, u] = True
+    return adj
+
+
+def _check_adjacency(adjacency: BoolArray) -> BoolArray:
+    adj = np.asarray(adjacency, dtype=bool)
+    if adj.ndim != 2 or adj.shape[0] != adj.shape[1]:
+        raise ValueError(f"adjacency must be a square (n, n) matrix, got shape {adj.shape}")
+    if not np.array_equal(adj, adj.T):
+        raise ValueError("adjacency must be symmetric (an undirected graph)")
+    adj = adj.copy()
+    np.fill_diagonal(adj, False)
+    return adj
+
+
+def neighbourhood_mean_matrix(adjacency: BoolArray) -> FloatArray:
+    """Uniform mixing over self and neighbours.
+
+    ``W_ij = 1 / (deg_i + 1)`` for ``j == i`` or ``j in N(i)``, else 0. Row-stochastic; doubly stochastic
+    and symmetric exactly when the graph is regular.
+    """
+    adj = _check_adjacency(adjacency)
+    support = adj | np.eye(adj.shape[0], dtype=bool)
+    return support / support.sum(axis=1, keepdims=True, dtype=np.float64)
+
+
+def sample_weighted_matrix(adjacency: BoolArray, sample_counts: npt.ArrayLike) -> FloatArray:
+    """Mixing over self and neighbours weighted by each node's train sample count (FedAvg per neighbourhood).
+
+    ``W_ij = s_j / sum_{k in N(i) + {i}} s_k`` for ``j == i`` or ``j in N(i)``, else 0 (McMahan et al.,
+    "Communication-efficient learning of deep networks from decentralized data", 2017, applied to each
+    neighbourhood). A neighbourhood whose counts are all 0 falls back to the uniform neighbourhood mean.
+    """
+    adj = _check_adjacency(adjacency)
+    n = adj.shape[0]
+    s = np.asarray(sample_counts, dtype=np.float64)
+    if s.shape != (n,):
+        raise ValueError(f"sample_counts must have shape ({n},), got {s.shape}")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"sample_counts must be finite and >= 0, got {s.tolist()}")
+    support = adj | np.eye(n, dtype=bool)
+    raw = support * s[None, :]
+    totals = raw.sum(axis=1, keepdims=True)
+    empty = totals[:, 0] == 0
+    raw[empty] = support[empty]
+    totals[empty] = support[empty].sum(axis=1, keepdims=True)
+    return raw / totals
+
+
+def metropolis_hastings_matrix(adjacency: BoolArray) -> FloatArray:
+    """Metropolis-Hastings weights: symmetric and doubly stochastic on any undirected graph.
+
+    ``W_ij = 1 / (1 + max(deg_i, deg_j))`` for ``{i, j}`` an edge, ``W_ii = 1 - sum_{j != i} W_ij``
+    (Xiao & Boyd 2004; Xiao, Boyd & Lall, "A scheme for robust distributed sensor fusion based on
+    average consensus", 2005).
+    """
+    adj = _check_adjacency(adjacency)
+    deg = adj.sum(axis=1)
+    w = np.where(adj, 1.0 / (1.0 + np.maximum(deg[:, None], deg[None, :])), 0.0)
+    np.fill_diagonal(w, 1.0 - w.sum(axis=1))
+    return w
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+
+
+def is_row_stochastic(W: FloatArray, atol: float = 1e-12) -> bool:
+    """Whether ``W`` is nonnegative with every row summing to 1 (within ``atol``)."""
+    W = np.asarray(W, dtype=np.float64)
+    return bool(W.ndim == 2 and np.all(W >= 0) and np.allclose(W.sum(axis=1), 1.0, rtol=0.0, atol=atol))
+
+
+def is_doubly_stochastic(W: FloatArray, atol: float = 1e-12) -> bool:
+    """Whether ``W`` is square, nonnegative, and its rows and columns each sum to 1 (within ``atol``)."""
+    W = np.asarray(W, dtype=np.float64)
+    return bool(
+        W.ndim == 2
+        and W.shape[0] == W.shape[1]
+        and is_row_stochastic(W, atol)
+        and np.allclose(W.sum(axis=0), 1.0, rtol=0.0, atol=atol)
+    )
+
+
+def check_mixing_matrix(W: FloatArray, adjacency: BoolArray, atol: float = 1e-9) -> None:
+    """Raise ``ValueError`` unless ``W`` is ``(n, n)`` row-stochastic with support on self + neighbours."""
+    adj = _check_adjacency(adjacency)
+    n = adj.shape[0]
+    W = np.asarray(W)
+    if W.shape != (n, n):
+        raise ValueError(f"mixing matrix must have shape ({n}, {n}), got {W.shape}")
+    if not np.all(np.isfinite(W)):
+        raise ValueError("mixing matrix has non-finite entries")
+    if not is_row_stochastic(W, atol):
+        sums = W.sum(axis=1)
+        bad = int(np.argmax(np.abs(sums - 1.0)))
+        raise ValueError(
+            f"mixing matrix must be nonnegative with rows summing to 1; row {bad} sums to {sums[bad]!r}"
+            f" (min entry {W.min()!r})"
+        )
+    outside = (W != 0) & ~(adj | np.eye(n, dtype=bool))
+    if outside.any():
+        i, j = (int(x) for x in np.argwhere(outside)[0])
+        raise ValueError(f"mixing matrix has weight W[{i}, {j}] = {W[i, j]!r} but {j} is not a neighbour of {i}")
+
+
+# ----------------------------------------------------------------------------------------------- gossip
+
+
+def _accumulate(xs: Sequence[torch.Tensor], w: FloatArray, out: torch.Tensor) -> torch.Tensor:
+    """``out <- sum_k w[k] * xs[k]`` in order ``k = 0, 1, ...``: one mul and one add per term."""
+    with torch.no_grad():  # aggregation is not differentiated; out= ops refuse tensors that need grad
+        torch.mul(xs[0], float(w[0]), out=out)
+        term = torch.empty_like(out)
+        for k in range(1, len(xs)):
+            torch.mul(xs[k], float(w[k]), out=term)
+            out.add_(term)
+    return out
+
+
+def gossip_row(states_of_neighbours: torch.Tensor, weights: Sequence[float] | FloatArray) -> torch.Tensor:
+    """One node's new state ``sum_k weights[k] * states_of_neighbours[k]``, accumulated in the given order.
+
+    ``states_of_neighbours``: ``(k, n_params)``; ``weights``: ``(k,)``; returns ``(n_params,)`` of the
+    states' dtype. Each term is ``torch.mul(x_k, w_k)`` then ``out.add_(term)``: two correctly rounded
+    elementwise ops (no fused multiply-add, which ATen uses in its vectorised ``add(alpha=)`` kernel but
+    not necessarily in the scalar tail), so the result is bitwise independent of thread count, tensor
+    chunking and CPU vector width. Weights are rounded to the states' dtype before multiplying.
+    """
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if states_of_neighbours.ndim != 2 or states_of_neighbours.shape[0] != w.shape[0]:
+        raise ValueError(
+            f"states_of_neighbours must be (k, n_params) with k = len(weights) = {w.shape[0]},"
+            f" got shape {tuple(states_of_neighbours.shape)}"
+        )
+    if w.shape[0] == 0:
+        raise ValueError("gossip_row needs at least one state (the node's own)")
+    out = torch.empty_like(states_of_neighbours[0])
+    return _accumulate(list(states_of_neighbours), w, out)
+
+
+def gossip(states: torch.Tensor, W: FloatArray) -> torch.Tensor:
+    """One round of gossip ``X <- W @ X``, row by row over each row's nonzero weights in increasing ``j``.
+
+    ``states``: ``(n_nodes, n_params)``; ``W``: ``(n_rows, n_nodes)`` -- the full ``(n, n)`` mixing matrix,
+    or a block of its rows ``W[a:b]`` for a shard. Returns ``(n_rows, n_params)`` with row ``r`` equal to
+    ``gossip_row(states[J], W[r, J])`` for ``J`` the sorted nonzero columns of row ``r``; so the result for
+    a node is bit-identical however the rows are split across shards, threads or processes.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2 or states.ndim != 2 or W.shape[1] != states.shape[0]:
+        raise ValueError(
+            f"W must be (n_rows, n_nodes) and states (n_nodes, n_params) with matching n_nodes,"
+            f" got W {W.shape} and states {tuple(states.shape)}"
+        )
+    out = torch.empty((W.shape[0], states.shape[1]), dtype=states.dtype, device=states.device)
+    for r in range(W.shape[0]):
+        cols = np.flatnonzero(W[r])
+        if cols.size == 0:
+            out[r].zero_()
+        else:
+            _accumulate([states[int(j)] for j in cols], W[r, cols], out[r])
+    return out
+
+
+def consensus_distance(states: torch.Tensor) -> float:
+    """Mean distance of the nodes' states to their average (0 at consensus).
+
+    ``d(X) = (1/n) sum_i || x_i - x_bar ||_2`` with ``x_bar = (1/n) sum_j x_j``, ``X``: ``(n_nodes,
+    n_params)``; computed in float64. Non-increasing under gossip with a doubly stochastic ``W``:
+    ``sum_i ||sum_j W_ij (x_j - x_bar)|| <= sum_j (sum_i W_ij) ||x_j - x_bar||`` and ``x_bar`` is unchanged.
+    """
+    if states.ndim != 2 or states.shape[0] == 0:
+        raise ValueError(f"states must be (n_nodes, n_params) with n_nodes >= 1, got {tuple(states.shape)}")
+    x = states.detach().to(torch.float64)
+    return float(torch.linalg.vector_norm(x - x.mean(dim=0, keepdim=True), dim=1).mean().item())

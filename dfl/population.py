@@ -1,0 +1,106 @@
+"""``Population``: the data side of an experiment, and the factory of its participants.
+
+Holds the loaded data set, the seeded splits and the normalisation, and builds ``Participant(i)`` for
+any node id in any process (an engine may build its shard of participants where it runs them).
+Every node starts from the same initial model, drawn from the experiment seed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from dfl.config import ExperimentConfig
+from dfl.data import ImageData, Splits, channel_stats, load_dataset, make_splits, to_float
+from dfl.models import build_model
+from dfl.participant import Participant, Split
+from dfl.seeding import EVAL_SUBSET, MODEL_INIT, derive_seed, numpy_rng
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from dfl.errors import ConfigError
+
+        raise ConfigError([("device", "cuda was requested but no CUDA device is visible; use device: auto or cpu")])
+    return torch.device(name)
+
+
+@dataclass
+class Population:
+    cfg: ExperimentConfig
+    data: ImageData
+    splits: Splits
+    mean: np.ndarray
+    std: np.ndarray
+    _template: nn.Module | None = field(default=None, repr=False)
+    _test: Split | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> Population:
+        from pathlib import Path
+
+        root = Path(cfg.data.root).expanduser() if cfg.data.root else None
+        data = load_dataset(cfg.data.dataset, root)
+        splits = make_splits(data, cfg.data, cfg.nodes, cfg.seed)
+        mean, std = channel_stats(data.x_train)
+        return cls(cfg, data, splits, mean, std)
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.cfg.device)
+
+    def template(self) -> nn.Module:
+        """The initial model every node starts from (built once per process, seeded)."""
+        if self._template is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(self.cfg.seed, MODEL_INIT))
+                self._template = build_model(self.cfg.model, self.data.shape, self.data.num_classes)
+        return self._template
+
+    def _split(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
+        return Split(to_float(x[idx], self.mean, self.std).to(self.device), torch.from_numpy(y[idx]).to(self.device))
+
+    def _subset(self, idx: np.ndarray, node_id: int, tag: int) -> np.ndarray:
+        cap = self.cfg.eval.max_samples
+        if cap is None or len(idx) <= cap:
+            return idx
+        return np.sort(numpy_rng(self.cfg.seed, EVAL_SUBSET, node_id, tag).choice(idx, cap, replace=False))
+
+    def test_split(self) -> Split:
+        """The shared test set (one copy per process), capped by ``eval.max_samples``."""
+        if self._test is None:
+            idx = self._subset(self.splits.test, -1, 2)
+            self._test = self._split(self.data.x_test, self.data.y_test, idx)
+        return self._test
+
+    def participant(self, node_id: int) -> Participant:
+        """Build node ``node_id`` with its train/holdout data, eval subsets and the shared initial model."""
+        ns = self.splits.nodes[node_id]
+        x, y = self.data.x_train, self.data.y_train
+        train = self._split(x, y, ns.train)
+        holdout = self._split(x, y, ns.holdout)
+        evals: dict[str, Split] = {"test": self.test_split()}
+        for tag, (name, idx, full) in enumerate((("train", ns.train, train), ("holdout", ns.holdout, holdout))):
+            sub = self._subset(idx, node_id, tag)
+            evals[name] = full if len(sub) == len(idx) else self._split(x, y, sub)
+        return Participant(
+            node_id,
+            copy.deepcopy(self.template()),
+            {"train": train, "holdout": holdout},
+            self.cfg.training,
+            self.cfg.seed,
+            eval_splits=evals,
+            eval_batch_size=self.cfg.eval.batch_size,
+            device=self.device,
+        )
+
+    def sample_counts(self) -> np.ndarray:
+        """Train samples per node, ``(n_nodes,)``."""
+        return np.array([len(n.train) for n in self.splits.nodes], dtype=np.int64)

@@ -1,0 +1,105 @@
+"""``Registry[T]``: decorator registration of plugins with their ``Params`` models.
+
+A spec in YAML is ``{name: <key>, params: {...}}``; the registry resolves the key to an entry, validates
+``params`` against the entry's pydantic model and builds the object. Duplicate names raise; unknown
+names raise with the sorted list of known ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dfl.errors import ConfigError, UnknownNameError
+
+T = TypeVar("T")
+
+
+class NoParams(BaseModel):
+    """Params of a plugin that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered plugin: its key, the object, its params model and a one-line description."""
+
+    name: str
+    obj: T
+    params: type[BaseModel]
+    summary: str
+
+    def parse_params(self, raw: dict[str, Any] | BaseModel | None, path: str = "params") -> BaseModel:
+        """Validate raw params; errors carry ``path`` as their dotted prefix."""
+        if isinstance(raw, self.params):
+            return raw
+        try:
+            return self.params.model_validate(raw or {})
+        except ValidationError as exc:
+            raise ConfigError(pydantic_errors(exc, prefix=path)) from None
+
+
+class Registry(Generic[T]):
+    """A named family of plugins (datasets, models, topologies, ...)."""
+
+    def __init__(self, family: str, plural: str | None = None) -> None:
+        self.family = family
+        self.plural = plural or family + "s"
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(
+        self, name: str, *, params: type[BaseModel] = NoParams, summary: str | None = None
+    ) -> Callable[[T], T]:
+        """Decorator: ``@TOPOLOGIES.register("ring", params=RingParams)``."""
+
+        def deco(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.family} {name!r} is already registered by {self._entries[name].obj!r}")
+            doc = summary or (inspect.getdoc(obj) or "").strip().splitlines()
+            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._entries[name] = Entry(name=name, obj=obj, params=params, summary=text)
+            return obj
+
+        return deco
+
+    def get(self, name: str, path: str = "name") -> Entry[T]:
+        """The entry for ``name``; unknown names raise with the list of known ones."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "(none registered)"
+            raise UnknownNameError(
+                [(path, f"unknown {self.family} {name!r}; known {self.plural}: {known}")]
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(self._entries[k] for k in sorted(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def pydantic_errors(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """Flatten a pydantic ``ValidationError`` into ``(dotted.path, message)`` pairs."""
+    out = []
+    for err in exc.errors():
+        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        path = ".".join(([prefix] if prefix else []) + parts)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        out.append((path, msg))
+    return out

@@ -1,0 +1,222 @@
+"""Turns a run's metric records into tables, plots, ``summary.json`` and ``report.md``.
+
+Reads only the records (and the config, splits and round-0 graph), so a resumed run and an
+uninterrupted one produce the same report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from dfl.config import ExperimentConfig
+
+Record = dict[str, Any]
+
+
+def final_evals(records: list[Record]) -> tuple[int, list[Record]]:
+    """The last evaluation round and its per-node eval records (node order)."""
+    evals = [r for r in records if r["kind"] == "eval"]
+    if not evals:
+        return 0, []
+    last = max(r["round"] for r in evals)
+    return last, sorted((r for r in evals if r["round"] == last), key=lambda r: r["node"])
+
+
+def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) -> dict[str, Any]:
+    """Final per-node and aggregate metrics (mean/std/min/max over honest nodes and all nodes)."""
+    last, finals = final_evals(records)
+    rounds = [r for r in records if r["kind"] == "round"]
+    attackers = set(cfg.attackers)
+    keys = [k for k in (finals[0] if finals else {}) if k not in ("round", "node", "kind")]
+    agg: dict[str, float] = {}
+    for k in keys:
+        vals = np.array([r[k] for r in finals])
+        agg[f"mean_{k}"] = float(vals.mean())
+        agg[f"std_{k}"] = float(vals.std())
+        agg[f"min_{k}"] = float(vals.min())
+        agg[f"max_{k}"] = float(vals.max())
+    if "mean_train_acc" in agg and "mean_holdout_acc" in agg:
+        agg["generalization_gap"] = agg["mean_train_acc"] - agg["mean_holdout_acc"]
+    if rounds:
+        agg["consensus_distance"] = rounds[-1]["consensus_distance"]
+    per_node = [
+        {"node": r["node"], "role": "attacker" if r["node"] in attackers else "honest",
+         "train_samples": int(counts[r["node"]]), **{k: r[k] for k in keys}}
+        for r in finals
+    ]
+    return {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "rounds": cfg.rounds,
+        "nodes": cfg.nodes,
+        "topology": cfg.topology.name,
+        "dataset": cfg.data.dataset.name,
+        "model": cfg.model.name,
+        "final_round": last,
+        "final": agg,
+        "per_node": per_node,
+    }
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_tables(out: Path, records: list[Record], summary: dict[str, Any], histograms: np.ndarray,
+                 classes: list[str]) -> None:
+    tables = out / "tables"
+    evals = [{k: v for k, v in r.items() if k != "kind"} for r in records if r["kind"] == "eval"]
+    _write_csv(tables / "node_metrics.csv", evals)
+    _write_csv(tables / "rounds.csv", [{k: v for k, v in r.items() if k not in ("kind", "node")}
+                                       for r in records if r["kind"] == "round"])
+    _write_csv(tables / "final.csv", summary["per_node"])
+    _write_csv(tables / "label_histogram.csv",
+               [{"node": i, **{c: int(v) for c, v in zip(classes, row, strict=True)}} for i, row in enumerate(histograms)])
+
+
+def _layout(graph: nx.Graph, name: str) -> dict[int, Any]:
+    n = graph.number_of_nodes()
+    if name in ("ring", "fully_connected") or n > 200:
+        return nx.circular_layout(graph)
+    if name == "star":
+        return nx.shell_layout(graph, [[0], [i for i in graph.nodes if i != 0]]) if n > 1 else nx.circular_layout(graph)
+    return nx.spring_layout(graph, seed=0)
+
+
+def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: nx.Graph) -> list[str]:
+    """Accuracy per round per node, consensus distance, and the topology with attackers marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    attackers = set(cfg.attackers)
+    evals = [r for r in records if r["kind"] == "eval"]
+    metric = "test_acc" if evals and "test_acc" in evals[0] else next(
+        (k for k in (evals[0] if evals else {}) if k.endswith("_acc")), None)
+    if metric:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        by_node: dict[int, list[tuple[int, float]]] = {}
+        for r in evals:
+            by_node.setdefault(r["node"], []).append((r["round"], r[metric]))
+        rounds = sorted({r["round"] for r in evals})
+        if cfg.nodes <= 50:
+            for node, pts in sorted(by_node.items()):
+                xs, ys = zip(*pts, strict=True)
+                style = {"color": "tab:red", "ls": "--", "lw": 1.6} if node in attackers else {"lw": 1.0, "alpha": 0.8}
+                ax.plot(xs, ys, label=f"node {node}" + (" (attacker)" if node in attackers else ""), **style)
+            if cfg.nodes <= 12:
+                ax.legend(fontsize=7, ncol=2)
+        else:
+            arr = np.array([[dict(by_node[n])[r] for r in rounds] for n in sorted(by_node)])
+            ax.fill_between(rounds, arr.min(0), arr.max(0), alpha=0.25, label="min-max over nodes")
+            ax.plot(rounds, arr.mean(0), lw=2, label="mean over nodes")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("round")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_title(f"{cfg.name}: {metric.replace('_', ' ')} per node ({cfg.topology.name}, {cfg.nodes} nodes)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / "accuracy.png", dpi=110)
+        plt.close(fig)
+        made.append("plots/accuracy.png")
+
+    rounds_rec = [r for r in records if r["kind"] == "round"]
+    if rounds_rec:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["round"] for r in rounds_rec], [r["consensus_distance"] for r in rounds_rec], marker="o", ms=3)
+        ax.set_xlabel("round")
+        ax.set_ylabel("consensus distance")
+        ax.set_yscale("log" if min(r["consensus_distance"] for r in rounds_rec) > 0 else "linear")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / "consensus.png", dpi=110)
+        plt.close(fig)
+        made.append("plots/consensus.png")
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    pos = _layout(graph, cfg.topology.name)
+    colors = ["tab:red" if i in attackers else "tab:blue" for i in graph.nodes]
+    small = graph.number_of_nodes() <= 50
+    nx.draw_networkx(graph, pos, ax=ax, node_color=colors, with_labels=small, node_size=300 if small else 20,
+                     font_color="white", font_size=8, width=0.8 if small else 0.2, edge_color="0.5")
+    ax.set_title(f"{cfg.topology.name} ({cfg.nodes} nodes; attackers in red)" if attackers
+                 else f"{cfg.topology.name} ({cfg.nodes} nodes)")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "topology.png", dpi=110)
+    plt.close(fig)
+    made.append("plots/topology.png")
+    return made
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plots: list[str],
+                 histograms: np.ndarray, classes: list[str]) -> None:
+    """``report.md``: the setup, the final table per node, the plots and the label histograms."""
+    f = summary["final"]
+    lines = [
+        f"# {cfg.name}",
+        "",
+        f"{cfg.nodes} nodes on a `{cfg.topology.name}` topology, `{cfg.data.dataset.name}` data "
+        f"(`{cfg.data.partition.name}` partition), `{cfg.model.name}` model, {cfg.rounds} rounds "
+        f"of {cfg.training.local_steps or cfg.training.local_epochs} local "
+        f"{'steps' if cfg.training.local_steps else 'epochs'}, aggregation `{cfg.aggregator.name}`, "
+        f"seed {cfg.seed}, engine `{cfg.engine.name}`."
+        + (f" Attackers: {', '.join(map(str, cfg.attackers))}." if cfg.attackers else ""),
+        "",
+        "## Final metrics (round %d)" % summary["final_round"],
+        "",
+    ]
+    pairs = [(k[5:], f[k], f.get("std_" + k[5:]), f.get("min_" + k[5:]), f.get("max_" + k[5:]))
+             for k in f if k.startswith("mean_")]
+    if pairs:
+        lines += ["| metric | mean | std | min | max |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {m:.4f} | {s:.4f} | {lo:.4f} | {hi:.4f} |" for k, m, s, lo, hi in pairs]
+    if "generalization_gap" in f:
+        lines += ["", f"Generalisation gap (train - holdout accuracy): {f['generalization_gap']:.4f}. "
+                  f"Consensus distance: {f.get('consensus_distance', float('nan')):.4g}."]
+    per = summary["per_node"]
+    if per and len(per) <= 50:
+        keys = list(per[0])
+        lines += ["", "## Per node", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in per]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    if len(histograms) <= 50:
+        lines += ["", "## Label histogram (train split)", "", "| node | " + " | ".join(classes) + " |",
+                  "|" + "---|" * (len(classes) + 1)]
+        lines += [f"| {i} | " + " | ".join(str(int(v)) for v in row) + " |" for i, row in enumerate(histograms)]
+    lines += ["", "Files: `config.yaml` (resolved), `metrics.jsonl`, `summary.json`, `tables/`, `plots/`.", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def write_outputs(out: Path, cfg: ExperimentConfig, records: list[Record], counts: np.ndarray,
+                  histograms: np.ndarray, classes: list[str], graph: nx.Graph, extra: dict[str, Any]) -> dict[str, Any]:
+    """Write every output of a finished run; return the summary."""
+    summary = summarize(cfg, records, counts)
+    summary.update(extra)
+    write_tables(out, records, summary, histograms, classes)
+    plots = write_plots(out, cfg, records, graph) if cfg.output.plots else []
+    write_report(out, cfg, summary, plots, histograms, classes)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,42 @@
+"""Built-in topologies (graph builders) and aggregators (mixing rules) of dfl-sim.
+
+One module per registry key. A topology module registers ``build(n, params, rng) -> nx.Graph`` into
+``dfl.registries.TOPOLOGIES``: an undirected simple graph on nodes ``0..n-1``; sizes it cannot build
+raise ``ConfigError`` at ``nodes``. It may define ``CONNECT_HINT``, the advice printed when its graph is
+disconnected. An aggregator module registers ``weights(graph, sample_counts, params) -> (n, n)`` into
+``dfl.registries.AGGREGATORS``: a row-stochastic mixing matrix supported on self + neighbours.
+"""
+
+from __future__ import annotations
+
+from topologies import (
+    edges,
+    erdos_renyi,
+    from_file,
+    fully_connected,
+    grid,
+    k_regular,
+    metropolis_hastings,
+    neighbourhood_mean,
+    ring,
+    sample_weighted,
+    small_world,
+    star,
+    torus,
+)
+
+__all__ = [
+    "edges",
+    "erdos_renyi",
+    "from_file",
+    "fully_connected",
+    "grid",
+    "k_regular",
+    "metropolis_hastings",
+    "neighbourhood_mean",
+    "ring",
+    "sample_weighted",
+    "small_world",
+    "star",
+    "torus",
+]
