@@ -103,6 +103,7 @@ def write_entry(path: Path, data: ImageData) -> None:
                 y_test=data.y_test,
                 classes=np.array(data.classes, dtype=str),
             )
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the entry ordinary file permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ import os
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +84,24 @@ def iter_files(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
         with zipfile.ZipFile(path) as zf:
             for info in sorted(zf.infolist(), key=lambda i: i.filename):
                 if not info.is_dir():
-                    yield info.filename, (lambda info=info: zf.read(info))
+                    yield info.filename, partial(zf.read, info)
     elif kind == "tar":
         with tarfile.open(path, "r:*") as tf:
             for member in tf:
                 if member.isfile():
-                    yield member.name, (lambda member=member: tf.extractfile(member).read())  # type: ignore[union-attr]
+                    yield member.name, partial(_read_member, tf, member)
     else:
         raise DataError(
             f"{path} is neither a directory nor a supported archive; allowed: a directory or a file ending in "
             f"{', '.join(TAR_SUFFIXES + ZIP_SUFFIXES)}"
         )
+
+
+def _read_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    fh = tf.extractfile(member)
+    if fh is None:  # not a regular file; callers only pass regular files
+        raise DataError(f"cannot read {member.name!r} from the archive {tf.name!r}; it is not a regular file")
+    return fh.read()
 
 
 def classify(relpath: str) -> tuple[str, str, str] | None:
@@ -164,6 +172,16 @@ def _fork_pool(workers: int) -> multiprocessing.pool.Pool | None:
     return multiprocessing.get_context("fork").Pool(workers)
 
 
+def worth_a_pool(path: Path) -> bool:
+    """Whether a source is big enough that decoding in worker processes beats their start-up."""
+    kind = source_kind(path)
+    if kind is None:
+        return False
+    if kind == "tar":
+        return path.stat().st_size >= POOL_MIN_ARCHIVE_BYTES
+    return sum(1 for _ in _quick_count(path)) >= POOL_MIN_IMAGES
+
+
 def default_workers() -> int:
     """Decode processes: the usable cores, at most 4."""
     try:
@@ -177,7 +195,10 @@ def read_imagefolder(
     path: Path, image_size: int | None = None, grayscale: bool = False, name: str | None = None,
     workers: int | None = None,
 ) -> ImageData:
-    """Decode an imagefolder directory or archive (no cache); images sorted by (split, class, path)."""
+    """Decode an imagefolder directory or archive (no cache); images sorted by (split, class, path).
+
+    ``workers``: decode processes (1 = in this process); by default up to 4 for large sources, else 1.
+    """
     if not path.exists():
         raise DataError(f"imagefolder source {path} does not exist; give a directory or an archive with {LAYOUT}")
     keys: list[tuple[int, str, str]] = []  # (split index, class, path), in decode order
@@ -198,8 +219,8 @@ def read_imagefolder(
                 tops.append(top)
             elif top != tops[0]:
                 raise DataError(
-                    f"{path} holds the layout under two top-level folders, {tops[0] + '/' or '(root)'} and "
-                    f"{top + '/' or '(root)'} (at {rel!r}); keep one: {LAYOUT}"
+                    f"{path} holds the layout under two top-level folders, {_folder(tops[0])} and "
+                    f"{_folder(top)} (at {rel!r}); keep one: {LAYOUT}"
                 )
             keys.append((SPLITS.index(split), cls, rel))
             blobs.append(read())
@@ -210,11 +231,9 @@ def read_imagefolder(
         if blobs:
             yield blobs, names, image_size, grayscale
 
-    workers = default_workers() if workers is None else workers
-    big = path.is_file() and path.stat().st_size >= POOL_MIN_ARCHIVE_BYTES
-    if path.is_dir() or source_kind(path) == "zip":
-        big = sum(1 for _ in _quick_count(path)) >= POOL_MIN_IMAGES
-    pool = _fork_pool(workers) if big else None
+    if workers is None:
+        workers = default_workers() if worth_a_pool(path) else 1
+    pool = _fork_pool(workers)
     chunks: list[np.ndarray] = []  # (n, C, H, W) each, in decode order
     try:
         decoded: Iterable[np.ndarray] = pool.imap(_decode_task, tasks()) if pool else map(_decode_task, tasks())
@@ -224,6 +243,11 @@ def read_imagefolder(
                 ref = (*chunks[0].shape[2:], chunks[0].shape[1])
                 raise size_mismatch(keys[sum(map(len, chunks))][2], hwc, keys[0][2], ref)
             chunks.append(arr)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(
+            f"cannot read {path} ({type(exc).__name__}: {exc}); check that the archive is complete and not "
+            "corrupt (copy or download it again)"
+        ) from None
     finally:
         if pool is not None:
             pool.terminate()
@@ -263,6 +287,10 @@ def read_imagefolder(
         y_test=y[n_train:],
         classes=classes,
     )
+
+
+def _folder(top: str) -> str:
+    return f"{top}/" if top else "the archive root"
 
 
 def _quick_count(path: Path) -> Iterator[str]:

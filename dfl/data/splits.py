@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from dfl.config import DataConfig
 from dfl.data.base import ImageData
 from dfl.data.partition import partition
 from dfl.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def derive_rng(seed: int, tag: str, *more: int) -> np.random.Generator:
@@ -96,21 +99,23 @@ def make_splits(data: ImageData, cfg: DataConfig, n_nodes: int, seed: int) -> Sp
 def channel_stats(x_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of uint8 ``(N, C, H, W)`` images on the [0, 1] scale: two float32 ``(C,)``.
 
-    Computed exactly from a 256-bin histogram per channel, so large sets need no float copy.
+    ``mean = S1 / n``, ``std = sqrt(S2 / n - mean^2)`` from exact integer sums ``S1 = sum x``,
+    ``S2 = sum x^2`` taken over blocks of rows, so large sets need no full float copy.
     """
     x = np.asarray(x_uint8)
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"expected uint8 (N, C, H, W) images, got {x.dtype} {x.shape}")
-    values = np.arange(256, dtype=np.float64) / 255.0
-    mean = np.empty(x.shape[1])
-    std = np.empty(x.shape[1])
-    for c in range(x.shape[1]):
-        hist = np.bincount(x[:, c].ravel(), minlength=256).astype(np.float64)
-        total = hist.sum()
-        mu = (hist @ values) / total if total else 0.0
-        var = (hist @ (values - mu) ** 2) / total if total else 0.0
-        mean[c], std[c] = mu, np.sqrt(var)
-    return mean.astype(np.float32), std.astype(np.float32)
+    c = x.shape[1]
+    s1 = np.zeros(c, dtype=np.uint64)
+    s2 = np.zeros(c, dtype=np.uint64)
+    for start in range(0, len(x), 2048):
+        block = x[start : start + 2048].astype(np.uint32)
+        s1 += block.sum(axis=(0, 2, 3), dtype=np.uint64)
+        s2 += (block * block).sum(axis=(0, 2, 3), dtype=np.uint64)
+    n = max(1, x.size // max(c, 1))
+    mean = s1 / n
+    var = np.maximum(s2 / n - mean * mean, 0.0)
+    return (mean / 255.0).astype(np.float32), (np.sqrt(var) / 255.0).astype(np.float32)
 
 
 def to_float(x_uint8: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
@@ -118,6 +123,8 @@ def to_float(x_uint8: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Te
 
     A channel with ``std == 0`` (constant) is only centred, not scaled.
     """
+    import torch  # here, so that importing dfl.data (e.g. for `dfl-sim validate`) does not load torch
+
     x = torch.from_numpy(np.ascontiguousarray(x_uint8)).to(torch.float32).div_(255.0)
     m = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1, 1, 1)
     s = torch.as_tensor(np.where(np.asarray(std) > 0, std, 1.0).astype(np.float32)).reshape(-1, 1, 1)

@@ -106,17 +106,22 @@ def find_imagefolder(name: str, root: Path) -> Path | None:
     return None
 
 
-def missing_message(tv: TvSet, root: Path, extra: str = "") -> str:
+def missing_message(tv: TvSet, root: Path, download_failed: str | None = None) -> str:
     """The one message for a set that is not under ``root``: both options and how to set the root."""
+    if download_failed is None:
+        tail = ""
+        hint = " (or set data.dataset.params.download: true here)"
+    else:
+        tail = f" The download with torchvision failed: {' '.join(download_failed.split())}"
+        hint = ""
     return (
         f"dataset {tv.name!r} was not found under the data root {root}. Provide it in one of two ways: "
-        f"(a) torchvision's layout, i.e. {root / tv.layout_hint} as written by "
-        f"torchvision.datasets.{tv.tv_class}(root, download=True) on a machine with network access "
-        f"(or set data.dataset.params.download: true here); or (b) an imagefolder directory or archive with "
+        f"(a) torchvision's layout, i.e. {root / tv.layout_hint}{'/' if tv.layout_hint.endswith('/') else ''} "
+        f"as written by torchvision.datasets.{tv.tv_class}('{root / tv.folder}', download=True) on a machine "
+        f"with network access{hint}; or (b) an imagefolder directory or archive with "
         f"train/<class>/* and test/<class>/* named after the set, e.g. {root / f'{tv.name}-jpeg.tar.gz'} "
         f"(also accepted: {tv.name}/, {tv.name}-jpeg/, {tv.name}.tar.gz, .tgz, .tar, .zip). "
-        f"To search another folder set data.root in the config or the DFL_SIM_DATA environment variable."
-        f"{extra}"
+        f"To search another folder set data.root in the config or the DFL_SIM_DATA environment variable.{tail}"
     )
 
 
@@ -132,6 +137,8 @@ def from_torchvision(tv: TvSet, tv_root: Path, download: bool = False) -> ImageD
         try:
             ds = cls(str(tv_root), download=download, **kwargs)
         except (RuntimeError, OSError, ValueError, TypeError, AssertionError) as exc:
+            if download:
+                raise  # the caller reports the failed download
             raise DataError(
                 f"torchvision could not read {tv.name!r} from {tv_root} ({exc}); remove the folder and "
                 f"download it again, or provide an imagefolder archive instead (e.g. {tv.name}-jpeg.tar.gz)"
@@ -187,8 +194,8 @@ class TorchvisionSet:
             try:
                 target.mkdir(parents=True, exist_ok=True)
                 return from_torchvision(self.tv, target, download=True)
-            except (DataError, OSError) as exc:
-                raise DataError(missing_message(self.tv, self.root, f" The download failed: {exc}")) from None
+            except (RuntimeError, OSError, ValueError, TypeError, AssertionError) as exc:
+                raise DataError(missing_message(self.tv, self.root, str(exc) or type(exc).__name__)) from None
         raise DataError(missing_message(self.tv, self.root))
 
 
