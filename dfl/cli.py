@@ -160,9 +160,9 @@ def _summary_table(console: Console, summary: dict[str, Any]) -> None:
     final = summary.get("final", {})
     table = Table(title=f"{summary['name']}: round {summary['final_round']}")
     if per and len(per) <= 20:
-        keys = list(per[0])
+        keys = [k for k in per[0] if not k.endswith("_loss") or k == "test_loss"]
         for k in keys:
-            table.add_column(k, justify="right")
+            table.add_column("samples" if k == "train_samples" else k.replace("_", " "), justify="right")
         for r in per:
             table.add_row(*[f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys])
     else:

@@ -67,16 +67,17 @@ class Population:
     def _split(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
         return Split(to_float(x[idx], self.mean, self.std).to(self.device), torch.from_numpy(y[idx]).to(self.device))
 
-    def _subset(self, idx: np.ndarray, node_id: int, tag: int) -> np.ndarray:
+    def _subset(self, idx: np.ndarray, *tags: int) -> np.ndarray:
+        """A fixed seeded subset of at most ``eval.max_samples`` of ``idx`` (sorted)."""
         cap = self.cfg.eval.max_samples
         if cap is None or len(idx) <= cap:
             return idx
-        return np.sort(numpy_rng(self.cfg.seed, EVAL_SUBSET, node_id, tag).choice(idx, cap, replace=False))
+        return np.sort(numpy_rng(self.cfg.seed, EVAL_SUBSET, *tags).choice(idx, cap, replace=False))
 
     def test_split(self) -> Split:
         """The shared test set (one copy per process), capped by ``eval.max_samples``."""
         if self._test is None:
-            idx = self._subset(self.splits.test, -1, 2)
+            idx = self._subset(self.splits.test, 0)
             self._test = self._split(self.data.x_test, self.data.y_test, idx)
         return self._test
 
@@ -88,7 +89,7 @@ class Population:
         holdout = self._split(x, y, ns.holdout)
         evals: dict[str, Split] = {"test": self.test_split()}
         for tag, (name, idx, full) in enumerate((("train", ns.train, train), ("holdout", ns.holdout, holdout))):
-            sub = self._subset(idx, node_id, tag)
+            sub = self._subset(idx, 1 + tag, node_id)
             evals[name] = full if len(sub) == len(idx) else self._split(x, y, sub)
         return Participant(
             node_id,
