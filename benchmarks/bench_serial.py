@@ -53,12 +53,11 @@ def plain_loop(engine: SerialEngine, cfg, rounds: int) -> float:
     models = [copy.deepcopy(engine.population.template()) for _ in range(cfg.nodes)]
     opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
     data = [p.data["train"] for p in engine.participants]
-    batches = [[p.batches(r) for r in range(rounds)] for p in engine.participants]
     t = time.perf_counter()
     for r in range(rounds):
-        for m, opt, d, b in zip(models, opts, data, batches, strict=True):
+        for m, opt, d, p in zip(models, opts, data, engine.participants, strict=True):
             m.train()
-            for idx in b[r]:
+            for idx in p.batches(r):  # the same shuffled batches the engine draws
                 opt.zero_grad()
                 F.cross_entropy(m(d.x[idx]), d.y[idx]).backward()
                 opt.step()

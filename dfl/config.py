@@ -71,9 +71,12 @@ class TopologyConfig(Strict):
     allow_disconnected: bool = False
 
 
+SplitName = Literal["train", "holdout", "test"]
+
+
 class EvalConfig(Strict):
     every: int = Field(1, gt=0)
-    splits: list[Literal["train", "holdout", "test"]] = Field(default_factory=lambda: ["train", "holdout", "test"])
+    splits: list[SplitName] = Field(default_factory=lambda: list[SplitName](["train", "holdout", "test"]))
     max_samples: int | None = Field(2000, gt=0, description="per node and split; a fixed seeded subset")
     batch_size: int = Field(1000, gt=0)
 

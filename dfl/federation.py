@@ -7,7 +7,7 @@ neighbours in the round-r graph -> observers (attackers) see what was shared -> 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import networkx as nx
@@ -18,8 +18,7 @@ from dfl.config import ExperimentConfig
 from dfl.engines.base import Engine
 from dfl.mixing import consensus_distance
 from dfl.population import Population
-from dfl.registries import AGGREGATORS
-from dfl.topology import build_graph
+from dfl.topology import build_graph, build_mixing
 
 Record = dict[str, Any]
 
@@ -44,14 +43,11 @@ class Federation:
         self.population = population
         self.engine = engine
         self.observers = observers or []
-        entry = AGGREGATORS.get(cfg.aggregator.name, "aggregator.name")
-        self._params = entry.parse_params(cfg.aggregator.params, "aggregator.params")
-        self._weights: Callable[..., np.ndarray] = entry.obj
         self._counts = population.sample_counts()
 
     def mixing_matrix(self, graph: nx.Graph) -> np.ndarray:
         """``W: (n_nodes, n_nodes)`` of the configured aggregator on ``graph``."""
-        return self._weights(graph, self._counts, self._params)
+        return build_mixing(self.cfg, graph, self._counts)
 
     def is_eval_round(self, round_idx: int) -> bool:
         r = round_idx + 1

@@ -8,9 +8,11 @@ BatchNorm's ``num_batches_tracked`` is an integer buffer and stays local (it is 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,16 +117,17 @@ class Participant:
             self.optimizer = self._make_optimizer()
         model, opt, data = self.model, self.optimizer, self.data["train"]
         model.train()
-        total = torch.zeros((), device=self.device)
+        losses = []
         batches = self.batches(round_idx)
         for idx in batches:
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
             loss.backward()
             opt.step()
-            total += loss.detach()
+            losses.append(loss.detach())
         opt.zero_grad(set_to_none=True)
-        return {"loss": float(total) / max(len(batches), 1), "steps": float(len(batches))}
+        mean = float(torch.stack(losses).mean()) if losses else 0.0
+        return {"loss": mean, "steps": float(len(batches))}
 
     # ------------------------------------------------------------------ states
 
@@ -136,7 +139,7 @@ class Participant:
         with torch.no_grad():
             self.flat.copy_(state)
 
-    def aggregate(self, neighbour_states: torch.Tensor, weights: torch.Tensor | list[float]) -> None:
+    def aggregate(self, neighbour_states: torch.Tensor, weights: Sequence[float] | np.ndarray) -> None:
         """Replace the state by ``sum_j w_j * x_j`` over ``neighbour_states: (k, n_params)`` (self included)."""
         self.load_state(gossip_row(neighbour_states, weights))
 

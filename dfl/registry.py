@@ -60,8 +60,7 @@ class Registry(Generic[T]):
         def deco(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.family} {name!r} is already registered by {self._entries[name].obj!r}")
-            doc = summary or (inspect.getdoc(obj) or "").strip().splitlines()
-            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            text = summary or _first_line(name, obj)
             self._entries[name] = Entry(name=name, obj=obj, params=params, summary=text)
             return obj
 
@@ -88,6 +87,20 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _first_line(name: str, obj: object) -> str:
+    """The first docstring line of a one-entry module named after the entry, else of the object itself."""
+    import re
+    import sys
+
+    module_name = getattr(obj, "__module__", "") or ""
+    module = sys.modules.get(module_name)
+    own_module = module_name.rsplit(".", 1)[-1] == name and not inspect.isclass(obj)
+    for doc in ([inspect.getdoc(module)] if own_module and module else []) + [inspect.getdoc(obj)]:
+        if doc and doc.strip():
+            return re.sub(rf"^``{re.escape(name)}``:\s*", "", doc.strip().splitlines()[0])
+    return ""
 
 
 def pydantic_errors(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:

@@ -184,7 +184,7 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
         f"seed {cfg.seed}, engine `{cfg.engine.name}`."
         + (f" Attackers: {', '.join(map(str, cfg.attackers))}." if cfg.attackers else ""),
         "",
-        "## Final metrics (round %d)" % summary["final_round"],
+        f"## Final metrics (round {summary['final_round']})",
         "",
     ]
     pairs = [(k[5:], f[k], f.get("std_" + k[5:]), f.get("min_" + k[5:]), f.get("max_" + k[5:]))
