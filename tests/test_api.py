@@ -103,3 +103,20 @@ def test_compare_validates_every_cell_before_running(tiny, write_cfg, tmp_path):
     with pytest.raises(ConfigError, match="ring needs at least 3 nodes"):
         api.compare(write_cfg(tiny), ["topology.name=fully_connected,ring"], out_dir=tmp_path / "cmp")
     assert not (tmp_path / "cmp").exists()
+
+
+def test_keyboard_interrupt_marks_the_run_and_resume_finishes_it(tiny, write_cfg):
+    tiny["rounds"] = 4
+    cfg = write_cfg(tiny)
+    full = api.run(cfg)
+
+    def interrupt(done: int, total: int, summary: dict) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.run(cfg, progress=interrupt)
+    run_dir = max((p for p in full.run_dir.parent.iterdir() if p != full.run_dir), key=lambda p: p.name)
+    assert RunDir(run_dir).status == "interrupted"
+    done = api.resume(run_dir)
+    assert _metrics(done.run_dir) == _metrics(full.run_dir)
