@@ -81,8 +81,21 @@ class EvalConfig(Strict):
     batch_size: int = Field(1000, gt=0)
 
 
+class RayConfig(Strict):
+    """Placement of participants on Ray actors (``engine.name: ray``)."""
+
+    address: str | None = Field(None, description="join a running cluster (e.g. ray-head:6379); default: start a local Ray on 127.0.0.1")
+    actors: int | None = Field(None, gt=0, description="number of actors; default: fill the available CPUs (or GPUs)")
+    cpus_per_actor: float = Field(1.0, gt=0.0)
+    gpus_per_actor: float = Field(0.0, ge=0.0, description="may be fractional, e.g. 0.25 puts 4 actors on a GPU")
+    dashboard: bool = Field(False, description="start Ray's dashboard (bound to 127.0.0.1)")
+    max_failures: int = Field(3, ge=0, description="actor deaths to recover from (from the last checkpoint) per run")
+
+
 class EngineConfig(Strict):
-    name: Literal["serial"] = "serial"
+    name: Literal["serial", "ray"] = "serial"
+    threads: int | None = Field(None, gt=0, description="torch threads per worker process; default: its CPU share")
+    ray: RayConfig = Field(default_factory=RayConfig)
 
 
 class OutputConfig(Strict):
