@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dfl.config import ExperimentConfig, load_config, parse_override
-from dfl.errors import ConfigError, DataError, RunError
+from dfl.errors import ConfigError, DataError, EngineFault, RunError
 from dfl.rundir import RunDir
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
@@ -99,26 +99,36 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, stop_afte
 
 def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int, snaps: list[Any] | None,
              progress: ProgressFn | None, stop_after: int | None, t0: float) -> RunResult:
-    from dfl.engines import ENGINES
+    from dfl.engines import engine_class
     from dfl.federation import Federation
     from dfl.report import write_outputs
     from dfl.topology import build_graph
 
     timings: dict[str, float] = {"setup_s": time.perf_counter() - t0}
-    engine = ENGINES[cfg.engine.name](population)
+    engine = None
     try:
+        engine = engine_class(cfg.engine.name)(population)
         if snaps is not None:
             engine.restore(snaps)
+        elif cfg.output.checkpoint_every:
+            rundir.save_checkpoint(0, engine.snapshot())  # a fault in round 1 rolls back to here
         fed = Federation(cfg, population, engine)
-        round_times = []
-        for round_idx, records in fed.rounds(start):
-            tr = time.perf_counter()
+        failures = 0
+        round_idx = start
+        while round_idx < cfg.rounds:
+            try:
+                records = fed.run_round(round_idx)
+            except EngineFault as fault:
+                failures += 1
+                if failures > cfg.engine.ray.max_failures or not cfg.output.checkpoint_every:
+                    raise
+                round_idx = _recover(engine, rundir, fault, round_idx)
+                continue
             rundir.append(records)
             done = round_idx + 1
             k = cfg.output.checkpoint_every
             if k and (done % k == 0 or done == cfg.rounds):
                 rundir.save_checkpoint(done, engine.snapshot())
-            round_times.append(time.perf_counter() - tr)
             if round_idx == start:
                 timings["to_first_round_s"] = time.perf_counter() - t0
             if progress:
@@ -126,6 +136,7 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
             if stop_after is not None and done >= stop_after and done < cfg.rounds:
                 rundir.set_status("interrupted")
                 return RunResult(rundir.path, "interrupted", timings=timings)
+            round_idx = done
         timings["rounds_s"] = time.perf_counter() - t0 - timings["setup_s"]
         records = rundir.records()
         splits = population.splits
@@ -145,7 +156,23 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
         rundir.set_status("failed")
         raise
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
+
+
+def _recover(engine: Any, rundir: RunDir, fault: EngineFault, round_idx: int) -> int:
+    """Replace the lost workers, roll every node back to the last checkpoint and log the fault.
+
+    Returns the round to continue from. Records written after the checkpoint are dropped, so the run
+    finishes with the metrics of an undisturbed run plus one ``kind: fault`` record.
+    """
+    engine.recover(fault)
+    ckpt = rundir.load_checkpoint()
+    engine.restore(ckpt["participants"])
+    rundir.truncate_metrics(ckpt["metrics_bytes"])
+    rundir.append([{"round": round_idx + 1, "node": None, "kind": "fault", "nodes": list(fault.nodes),
+                    "error": str(fault), "resumed_from_round": ckpt["round"]}])
+    return int(ckpt["round"])
 
 
 # ------------------------------------------------------------------------------------------ compare

@@ -43,3 +43,23 @@ class DataError(DflError):
 
 class RunError(DflError):
     """A run directory cannot be created, resumed or compared."""
+
+
+class ParticipantError(DflError):
+    """A participant raised while training or evaluating; the message names the node and the round."""
+
+    exit_code = 1
+
+
+class EngineFault(DflError):
+    """A worker hosting participants died; the run can recover from its last checkpoint."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, shard: int = -1, nodes: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.nodes = nodes
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.shard, self.nodes))

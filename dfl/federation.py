@@ -72,7 +72,7 @@ class Federation:
             "consensus_distance": consensus_distance(new),
         }
         if self.is_eval_round(round_idx):
-            evals = self.engine.evaluate(list(self.cfg.eval.splits))
+            evals = self.engine.evaluate(list(self.cfg.eval.splits), round_idx)
             records += [{"round": r, "node": i, "kind": "eval", **e} for i, e in enumerate(evals)]
             for key in evals[0]:
                 summary[f"mean_{key}"] = float(np.mean([e[key] for e in evals]))

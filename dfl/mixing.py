@@ -18,7 +18,7 @@ computes it. A sharded engine that calls ``gossip(states, W[rows])`` gets bit-id
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -180,21 +180,29 @@ def gossip_row(states_of_neighbours: torch.Tensor, weights: Sequence[float] | Fl
     return _accumulate(list(states_of_neighbours), w, out)
 
 
-def gossip(states: torch.Tensor, W: FloatArray) -> torch.Tensor:
+def gossip(states: torch.Tensor | Mapping[int, torch.Tensor], W: FloatArray) -> torch.Tensor:
     """One round of gossip ``X <- W @ X``, row by row over each row's nonzero weights in increasing ``j``.
 
-    ``states``: ``(n_nodes, n_params)``; ``W``: ``(n_rows, n_nodes)`` -- the full ``(n, n)`` mixing matrix,
-    or a block of its rows ``W[a:b]`` for a shard. Returns ``(n_rows, n_params)`` with row ``r`` equal to
-    ``gossip_row(states[J], W[r, J])`` for ``J`` the sorted nonzero columns of row ``r``; so the result for
-    a node is bit-identical however the rows are split across shards, threads or processes.
+    ``states``: ``(n_nodes, n_params)``, or a mapping ``j -> (n_params,)`` holding at least the states the
+    rows of ``W`` need (a shard that received only its neighbours' states); ``W``: ``(n_rows, n_nodes)`` --
+    the full ``(n, n)`` mixing matrix, or a block of its rows for a shard. Returns ``(n_rows, n_params)``
+    with row ``r`` equal to ``gossip_row(states[J], W[r, J])`` for ``J`` the sorted nonzero columns of row
+    ``r``; so the result for a node is bit-identical however the rows are split across shards, threads or
+    processes.
     """
     W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2 or states.ndim != 2 or W.shape[1] != states.shape[0]:
-        raise ValueError(
-            f"W must be (n_rows, n_nodes) and states (n_nodes, n_params) with matching n_nodes,"
-            f" got W {W.shape} and states {tuple(states.shape)}"
-        )
-    out = torch.empty((W.shape[0], states.shape[1]), dtype=states.dtype, device=states.device)
+    if isinstance(states, torch.Tensor):
+        if W.ndim != 2 or states.ndim != 2 or W.shape[1] != states.shape[0]:
+            raise ValueError(
+                f"W must be (n_rows, n_nodes) and states (n_nodes, n_params) with matching n_nodes,"
+                f" got W {W.shape} and states {tuple(states.shape)}"
+            )
+        like = states[0]
+    else:
+        if W.ndim != 2 or not states:
+            raise ValueError(f"W must be (n_rows, n_nodes) and states a non-empty mapping, got W {W.shape}")
+        like = next(iter(states.values()))
+    out = torch.empty((W.shape[0], like.shape[0]), dtype=like.dtype, device=like.device)
     for r in range(W.shape[0]):
         cols = np.flatnonzero(W[r])
         if cols.size == 0:

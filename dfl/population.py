@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +42,10 @@ class Population:
     std: np.ndarray
     _template: nn.Module | None = field(default=None, repr=False)
     _test: Split | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the per-process caches (the initial model and the test tensors are rebuilt)."""
+        return {**self.__dict__, "_template": None, "_test": None}
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> Population:

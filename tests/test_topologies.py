@@ -46,6 +46,7 @@ def _examples(tmp_path: Path) -> dict[str, tuple[int, dict[str, Any]]]:
     edge_list.write_text("".join(f"{i} {(i + 1) % 7}\n" for i in range(7)))
     return {
         "fully_connected": (6, {}),
+        "centralized": (6, {}),
         "ring": (7, {}),
         "star": (7, {"hub": 2}),
         "erdos_renyi": (12, {"p": 0.4}),

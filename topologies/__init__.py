@@ -10,6 +10,7 @@ disconnected. An aggregator module registers ``weights(graph, sample_counts, par
 from __future__ import annotations
 
 from topologies import (
+    centralized,
     edges,
     erdos_renyi,
     from_file,
@@ -26,6 +27,7 @@ from topologies import (
 )
 
 __all__ = [
+    "centralized",
     "edges",
     "erdos_renyi",
     "from_file",

@@ -126,6 +126,6 @@ def to_float(x_uint8: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Te
     import torch  # here, so that importing dfl.data (e.g. for `dfl-sim validate`) does not load torch
 
     x = torch.from_numpy(np.ascontiguousarray(x_uint8)).to(torch.float32).div_(255.0)
-    m = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1, 1, 1)
+    m = torch.as_tensor(np.array(mean, dtype=np.float32)).reshape(-1, 1, 1)
     s = torch.as_tensor(np.where(np.asarray(std) > 0, std, 1.0).astype(np.float32)).reshape(-1, 1, 1)
     return x.sub_(m).div_(s)

@@ -5,6 +5,14 @@ from __future__ import annotations
 from dfl.engines.base import Engine
 from dfl.engines.serial import SerialEngine
 
-ENGINES: dict[str, type[Engine]] = {"serial": SerialEngine}
 
-__all__ = ["ENGINES", "Engine", "SerialEngine"]
+def engine_class(name: str) -> type[Engine]:
+    """The engine class for ``engine.name`` (Ray is imported only when asked for)."""
+    if name == "ray":
+        from dfl.engines.ray import RayEngine
+
+        return RayEngine
+    return SerialEngine
+
+
+__all__ = ["Engine", "SerialEngine", "engine_class"]

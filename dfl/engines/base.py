@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import traceback
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from dfl.errors import ParticipantError
 from dfl.population import Population
+
+R = TypeVar("R")
+
+
+def guarded(what: str, node: int, round_idx: int | None, fn: Callable[[], R]) -> R:
+    """Run ``fn``; an exception becomes a ``ParticipantError`` naming the node, the round and where it came from."""
+    try:
+        return fn()
+    except ParticipantError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the node and round attached
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        when = f" in round {round_idx + 1}" if round_idx is not None else ""
+        raise ParticipantError(
+            f"participant {node} failed while {what}{when}: {type(exc).__name__}: {exc} "
+            f"(at {frame.filename}:{frame.lineno})"
+        ) from exc
+
+
+def default_threads(cfg_threads: int | None) -> int:
+    """Torch intra-op threads per worker: ``engine.threads`` or 1.
+
+    Part of the numerics, not only of the speed: CPU convolution kernels split their reductions by
+    thread count, so two engines give bit-identical metrics only with the same value.
+    """
+    return cfg_threads or 1
 
 
 class Engine(ABC):
@@ -31,7 +60,7 @@ class Engine(ABC):
         """Each node i loads ``sum_j W_ij shared_j``; returns the new states ``(n_nodes, n_params)``."""
 
     @abstractmethod
-    def evaluate(self, splits: list[str]) -> list[dict[str, float]]:
+    def evaluate(self, splits: list[str], round_idx: int | None = None) -> list[dict[str, float]]:
         """Per node, ``{f"{split}_acc", f"{split}_loss"}`` for each split."""
 
     @abstractmethod
@@ -40,6 +69,10 @@ class Engine(ABC):
 
     @abstractmethod
     def restore(self, snaps: list[dict[str, Any]]) -> None: ...
+
+    def recover(self, fault: Exception) -> None:
+        """Replace the workers lost in ``fault``; the caller then restores every node from a checkpoint."""
+        raise fault
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release processes or devices."""

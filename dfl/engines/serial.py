@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from dfl.engines.base import Engine
+from dfl.engines.base import Engine, default_threads, guarded
 from dfl.mixing import gossip
 from dfl.participant import Participant
 from dfl.population import Population
@@ -18,10 +19,12 @@ class SerialEngine(Engine):
 
     def __init__(self, population: Population) -> None:
         super().__init__(population)
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(default_threads(population.cfg.engine.threads))
         self.participants: list[Participant] = [population.participant(i) for i in range(self.n)]
 
     def train(self, round_idx: int) -> list[dict[str, float]]:
-        return [p.train_round(round_idx) for p in self.participants]
+        return [guarded("training", p.node_id, round_idx, partial(p.train_round, round_idx)) for p in self.participants]
 
     def share(self) -> torch.Tensor:
         return torch.stack([p.flat.detach() for p in self.participants])
@@ -32,15 +35,9 @@ class SerialEngine(Engine):
             p.load_state(row)
         return new
 
-    def evaluate(self, splits: list[str]) -> list[dict[str, float]]:
-        out = []
-        for p in self.participants:
-            rec: dict[str, float] = {}
-            for s in splits:
-                for k, v in p.evaluate(s).items():
-                    rec[f"{s}_{k}"] = v
-            out.append(rec)
-        return out
+    def evaluate(self, splits: list[str], round_idx: int | None = None) -> list[dict[str, float]]:
+        return [guarded("evaluating", p.node_id, round_idx, partial(evaluate_all, p, splits))
+                for p in self.participants]
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [p.snapshot() for p in self.participants]
@@ -48,3 +45,11 @@ class SerialEngine(Engine):
     def restore(self, snaps: list[dict[str, Any]]) -> None:
         for p, s in zip(self.participants, snaps, strict=True):
             p.restore(s)
+
+    def close(self) -> None:
+        torch.set_num_threads(self._threads)
+
+
+def evaluate_all(p: Participant, splits: list[str]) -> dict[str, float]:
+    """``{f"{split}_acc", f"{split}_loss"}`` of one participant over ``splits``."""
+    return {f"{s}_{k}": v for s in splits for k, v in p.evaluate(s).items()}

@@ -1,0 +1,242 @@
+"""``ray``: participants hosted on Ray actors, one shard of participants per actor.
+
+By default one actor per CPU the cluster offers (``engine.ray.cpus_per_actor`` each), or per GPU share
+(``engine.ray.gpus_per_actor``, may be fractional), never more actors than nodes. Nodes are placed on
+actors in reverse Cuthill-McKee order of the round-0 graph, cut into contiguous blocks, so topology
+neighbours mostly share an actor. A round moves one object per shard through the object store: the
+shard's shared states ``(k, n_params)`` as a numpy array; each actor then fetches the shards its rows of
+``W`` need and mixes with the same row-wise arithmetic as the serial engine, so both engines give
+bit-identical states (with the same ``engine.threads``).
+
+A local Ray binds to 127.0.0.1 with the dashboard off unless ``engine.ray.dashboard: true``;
+``engine.ray.address`` joins a running cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from functools import partial
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+from dfl.engines.base import Engine, default_threads, guarded
+from dfl.errors import ConfigError, EngineFault, ParticipantError
+from dfl.mixing import gossip
+from dfl.population import Population
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    """A read-only view of an object-store array as a tensor (only ever read, never written)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(arr))
+
+
+def require_ray() -> Any:
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError([("engine.name", "the ray engine needs Ray, which is not installed; "
+                                           "install it with: pip install 'dfl-sim[ray]'")]) from None
+    return ray
+
+
+def place(graph: nx.Graph, n_shards: int) -> list[list[int]]:
+    """Split nodes into ``n_shards`` balanced blocks of the reverse Cuthill-McKee order of ``graph``.
+
+    RCM keeps the adjacency matrix's bandwidth small, so contiguous blocks cut few edges (a ring is cut
+    into arcs). Each block is sorted; blocks are disjoint and cover every node.
+    """
+    order: list[int] = []
+    for comp in sorted(nx.connected_components(graph), key=min):
+        order += list(nx.utils.reverse_cuthill_mckee_ordering(graph.subgraph(comp)))
+    blocks = np.array_split(np.array(order, dtype=np.int64), n_shards)
+    return [sorted(int(i) for i in b) for b in blocks if len(b)]
+
+
+class ShardHost:
+    """The body of a Ray actor: a shard of participants in one worker process."""
+
+    def __init__(self, population: Population, node_ids: list[int], threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.ids = node_ids
+        self.participants = {i: population.participant(i) for i in node_ids}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def train(self, round_idx: int) -> tuple[list[dict[str, float]], np.ndarray]:
+        """Local training of the shard; returns its stats and its shared states ``(k, n_params)``."""
+        stats = [guarded("training", i, round_idx, partial(p.train_round, round_idx))
+                 for i, p in self.participants.items()]
+        return stats, self.states()
+
+    def states(self) -> np.ndarray:
+        return torch.stack([p.flat.detach() for p in self.participants.values()]).cpu().numpy()
+
+    def mix(self, W_rows: np.ndarray, shards: list[list[int]], *shard_states: np.ndarray) -> np.ndarray:
+        """Load ``sum_j W_ij x_j`` into each local node i from the shards it needs; return the new states."""
+        rows: dict[int, torch.Tensor] = {}
+        device = next(iter(self.participants.values())).device
+        for ids, arr in zip(shards, shard_states, strict=True):
+            t = _tensor(arr).to(device)
+            rows.update({j: t[k] for k, j in enumerate(ids)})
+        new = gossip(rows, W_rows)
+        for p, row in zip(self.participants.values(), new, strict=True):
+            p.load_state(row)
+        return new.cpu().numpy()
+
+    def evaluate(self, splits: list[str], round_idx: int | None) -> list[dict[str, float]]:
+        from dfl.engines.serial import evaluate_all
+
+        return [guarded("evaluating", i, round_idx, partial(evaluate_all, p, splits))
+                for i, p in self.participants.items()]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [p.snapshot() for p in self.participants.values()]
+
+    def restore(self, snaps: list[dict[str, Any]]) -> None:
+        for p, s in zip(self.participants.values(), snaps, strict=True):
+            p.restore(s)
+
+
+class RayEngine(Engine):
+    """Participants on Ray actors; the round logic stays in ``Federation``."""
+
+    def __init__(self, population: Population) -> None:
+        super().__init__(population)
+        ray = self.ray = require_ray()
+        rc = population.cfg.engine.ray
+        self._owns_ray = False
+        if not ray.is_initialized():
+            if rc.address:
+                ray.init(address=rc.address, include_dashboard=rc.dashboard, configure_logging=False,
+                         log_to_driver=True, namespace="dfl-sim")
+            else:
+                ray.init(_node_ip_address="127.0.0.1", include_dashboard=rc.dashboard, dashboard_host="127.0.0.1",
+                         configure_logging=False, log_to_driver=True, namespace="dfl-sim",
+                         num_cpus=os.cpu_count())
+            self._owns_ray = True
+        self.threads = default_threads(population.cfg.engine.threads)
+        from dfl.topology import build_graph
+
+        self.shards = place(build_graph(population.cfg, 0), self._n_actors())
+        self._where = {i: (s, k) for s, ids in enumerate(self.shards) for k, i in enumerate(ids)}
+        self._population_ref = ray.put(population)
+        self._actor_cls = ray.remote(ShardHost)
+        self.actors = [self._start(s) for s in range(len(self.shards))]
+        self._get([a.pid.remote() for a in self.actors])  # surfaces set-up errors now
+        self._states_refs: list[Any] = []
+
+    def _n_actors(self) -> int:
+        rc = self.population.cfg.engine.ray
+        if rc.actors:
+            return min(rc.actors, self.n)
+        res = self.ray.cluster_resources()
+        if rc.gpus_per_actor > 0:
+            slots = int(res.get("GPU", 0) / rc.gpus_per_actor + 1e-9)
+            if slots < 1:
+                raise ConfigError([("engine.ray.gpus_per_actor",
+                                    f"{rc.gpus_per_actor} GPU per actor but the cluster has {res.get('GPU', 0)} GPUs; "
+                                    "set it to 0 for CPU actors or join a cluster with GPUs")])
+        else:
+            slots = int(res.get("CPU", 1) / rc.cpus_per_actor + 1e-9)
+        return max(1, min(slots, self.n))
+
+    def _start(self, shard: int) -> Any:
+        rc = self.population.cfg.engine.ray
+        return self._actor_cls.options(num_cpus=rc.cpus_per_actor, num_gpus=rc.gpus_per_actor, max_restarts=0).remote(
+            self._population_ref, self.shards[shard], self.threads)
+
+    def _get(self, refs: list[Any]) -> list[Any]:
+        """``ray.get`` that turns a dead actor into ``EngineFault`` and a participant's error into itself."""
+        ray = self.ray
+        out: list[Any] = []
+        for s, ref in enumerate(refs):
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if hasattr(exc, "cause") else None
+                if isinstance(cause, ParticipantError):
+                    raise ParticipantError(str(cause)) from None
+                raise
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+                shard = s if len(refs) == len(self.shards) else -1
+                nodes = tuple(self.shards[shard]) if shard >= 0 else ()
+                raise EngineFault(f"the actor hosting nodes {list(nodes)} died: {type(exc).__name__}",
+                                  shard, nodes) from None
+        return out
+
+    # ------------------------------------------------------------------ Engine
+
+    def train(self, round_idx: int) -> list[dict[str, float]]:
+        pairs = [a.train.options(num_returns=2).remote(round_idx) for a in self.actors]
+        stats = self._get([p[0] for p in pairs])
+        self._states_refs = [p[1] for p in pairs]
+        out: list[dict[str, float]] = [{} for _ in range(self.n)]
+        for ids, st in zip(self.shards, stats, strict=True):
+            for i, s in zip(ids, st, strict=True):
+                out[i] = s
+        return out
+
+    def _assemble(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        states = torch.empty((self.n, arrays[0].shape[1]), dtype=torch.float32)
+        for ids, arr in zip(self.shards, arrays, strict=True):
+            states[ids] = _tensor(arr)
+        return states
+
+    def share(self) -> torch.Tensor:
+        return self._assemble(self._get(self._states_refs))
+
+    def mix(self, W: np.ndarray, shared: torch.Tensor) -> torch.Tensor:
+        refs = []
+        for ids, actor in zip(self.shards, self.actors, strict=True):
+            rows = W[ids]
+            need = sorted({self._where[int(j)][0] for j in np.flatnonzero(rows.any(axis=0))})
+            refs.append(actor.mix.remote(rows, [self.shards[s] for s in need], *[self._states_refs[s] for s in need]))
+        return self._assemble(self._get(refs))
+
+    def evaluate(self, splits: list[str], round_idx: int | None = None) -> list[dict[str, float]]:
+        per = self._get([a.evaluate.remote(splits, round_idx) for a in self.actors])
+        out: list[dict[str, float]] = [{} for _ in range(self.n)]
+        for ids, recs in zip(self.shards, per, strict=True):
+            for i, r in zip(ids, recs, strict=True):
+                out[i] = r
+        return out
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        per = self._get([a.snapshot.remote() for a in self.actors])
+        out: list[dict[str, Any]] = [{} for _ in range(self.n)]
+        for ids, snaps in zip(self.shards, per, strict=True):
+            for i, s in zip(ids, snaps, strict=True):
+                out[i] = s
+        return out
+
+    def restore(self, snaps: list[dict[str, Any]]) -> None:
+        self._get([a.restore.remote([snaps[i] for i in ids]) for ids, a in zip(self.shards, self.actors, strict=True)])
+
+    def pids(self) -> list[int]:
+        """Process ids of the actors, in shard order (for fault-injection tests and monitoring)."""
+        return self._get([a.pid.remote() for a in self.actors])
+
+    def recover(self, fault: Exception) -> None:
+        """Replace every dead actor with a fresh one hosting the same shard (state from a later ``restore``)."""
+        for s, actor in enumerate(self.actors):
+            try:
+                self.ray.get(actor.pid.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - any failure to answer means the actor is gone
+                self.ray.kill(actor, no_restart=True)
+                self.actors[s] = self._start(s)
+        self._get([a.pid.remote() for a in self.actors])
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a, no_restart=True)
+        self.actors = []
+        if self._owns_ray:
+            self.ray.shutdown()

@@ -1,0 +1,128 @@
+"""The Ray engine: same numbers as the serial engine, placement, faults, participant errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import networkx as nx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dfl import api
+from dfl.config import parse_config
+from dfl.engines.ray import place
+from dfl.errors import ParticipantError
+from dfl.population import Population
+from dfl.rundir import RunDir
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, configure_logging=False,
+             log_to_driver=False, namespace="dfl-sim-tests")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+def _cnn_ring(tiny):
+    tiny["rounds"] = 3
+    tiny["model"] = {"name": "cnn", "params": {"channels": [4, 8], "hidden": 16}}
+    return tiny
+
+
+def _metrics(d, drop_faults=False) -> list[str]:
+    lines = (d / "metrics.jsonl").read_text().splitlines()
+    return [ln for ln in lines if not (drop_faults and '"kind": "fault"' in ln)]
+
+
+def test_ray_and_serial_engines_give_identical_metrics(local_ray, tiny, write_cfg):
+    cfg = write_cfg(_cnn_ring(tiny))
+    serial = api.run(cfg)
+    on_ray = api.run(cfg, ["engine.name=ray"])
+    assert on_ray.status == "complete"
+    assert (on_ray.run_dir / "metrics.jsonl").read_bytes() == (serial.run_dir / "metrics.jsonl").read_bytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 40), shards=st.integers(1, 8), p=st.floats(0.05, 0.6), seed=st.integers(0, 100))
+def test_placement_covers_every_node_once(n, shards, p, seed):
+    g = nx.gnp_random_graph(n, p, seed=seed)
+    blocks = place(g, shards)
+    flat = sorted(i for b in blocks for i in b)
+    assert flat == list(range(n))
+    assert len(blocks) == min(shards, n)
+    assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_placement_keeps_ring_neighbours_together():
+    g = nx.cycle_graph(12)
+    blocks = place(g, 2)
+    cut = sum(1 for u, v in g.edges if (u in blocks[0]) != (v in blocks[0]))
+    assert cut == 2  # two arcs: only the two edges where the arcs meet cross actors
+
+
+def test_killed_actor_is_restarted_from_the_last_checkpoint(local_ray, tiny, write_cfg, monkeypatch):
+    from dfl.engines.ray import RayEngine
+
+    cfg = write_cfg(_cnn_ring(tiny))
+    undisturbed = api.run(cfg, ["engine.name=ray"])
+    real_share = RayEngine.share
+    calls: list[int] = []
+
+    def share_and_kill_in_round_2(self):
+        """Kill actor 0's process in the middle of round 2: after training, before the exchange."""
+        shared = real_share(self)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(self.pids()[0], signal.SIGKILL)
+        return shared
+
+    monkeypatch.setattr(RayEngine, "share", share_and_kill_in_round_2)
+    disturbed = api.run(cfg, ["engine.name=ray"])
+    assert len(calls) > 3 and disturbed.status == "complete"
+    faults = [r for r in RunDir(disturbed.run_dir).records() if r["kind"] == "fault"]
+    assert len(faults) == 1 and faults[0]["round"] == 2 and faults[0]["resumed_from_round"] == 1
+    assert faults[0]["nodes"]
+    assert _metrics(disturbed.run_dir, drop_faults=True) == _metrics(undisturbed.run_dir)
+
+
+class FailingPopulation(Population):
+    """Node 2 raises in its second round of training."""
+
+    def participant(self, node_id):
+        p = super().participant(node_id)
+        if node_id == 2:
+            real = p.train_round
+
+            def train_round(round_idx):
+                if round_idx == 1:
+                    raise ValueError("loss went NaN")
+                return real(round_idx)
+
+            p.train_round = train_round
+        return p
+
+
+@pytest.mark.parametrize("engine", ["serial", "ray"])
+def test_participant_error_names_node_and_round(local_ray, tiny, engine):
+    from dfl.engines import engine_class
+    from dfl.federation import Federation
+
+    tiny["engine"] = {"name": engine}
+    cfg = parse_config(tiny)
+    pop = FailingPopulation.from_config(cfg)
+    eng = engine_class(engine)(pop)
+    try:
+        fed = Federation(cfg, pop, eng)
+        fed.run_round(0)
+        with pytest.raises(ParticipantError, match=r"participant 2 failed while training in round 2: ValueError: loss went NaN"):
+            fed.run_round(1)
+    finally:
+        eng.close()
