@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ from dfl.population import Population
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Context, Message, MetricRecord
+    from flwr.serverapp import Grid
 
 Record = dict[str, Any]
 ProgressFn = Callable[[int, int, Record], None]
@@ -180,8 +181,8 @@ def run_centralized(
         raise ConfigError(errors)
     if start_round:
         raise RunError("centralized (Flower) runs keep no checkpoints and cannot be resumed; start the run again")
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
-    from flwr.serverapp import Grid, ServerApp
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+    from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
     from dfl.topology import build_graph
@@ -256,8 +257,9 @@ def available_cpus() -> int:
 
 
 def _client_config(cfg: ExperimentConfig) -> str:
-    """The resolved config as JSON for the clients, with the data root made absolute (actors may not share cwd)."""
+    """The resolved config as JSON for the clients: CPU, and the data root made absolute (actors may not share cwd)."""
     raw = cfg.model_dump(mode="json")
+    raw["device"] = "cpu"  # Ray gives the clients no GPU
     root = Path(cfg.data.root).expanduser() if cfg.data.root else default_data_root()
     raw["data"]["root"] = str(root.resolve())
     return json.dumps(raw, sort_keys=True)
@@ -385,15 +387,15 @@ def client_train(msg: Message, context: Context) -> Message:
     """
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-    conf = msg.content["config"]
+    conf = msg.content.config_records["config"]
     node = int(context.node_config["partition-id"])
-    round_idx = int(conf["server-round"]) - 1
-    torch.set_num_threads(int(conf[_THREADS_KEY]))
-    local = context.state[_LOCAL_KEY] if _LOCAL_KEY in context.state else None
+    round_idx = int(cast(int, conf["server-round"])) - 1
+    torch.set_num_threads(int(cast(int, conf[_THREADS_KEY])))
+    local = context.state.config_records.get(_LOCAL_KEY)
     p = _client_participant(str(conf[_CONFIG_KEY]), node, fresh=local is None)
     if local is not None:
-        _restore_local(p, local["bytes"])  # type: ignore[index,arg-type]
-    p.load_state(torch.from_numpy(msg.content["arrays"][_STATE].numpy()).to(p.device))
+        _restore_local(p, cast(bytes, local["bytes"]))
+    p.load_state(torch.from_numpy(msg.content.array_records["arrays"][_STATE].numpy()).to(p.device))
     stats = p.train_round(round_idx)
     context.state[_LOCAL_KEY] = ConfigRecord({"bytes": _local_state(p)})
     reply = RecordDict({
@@ -418,8 +420,9 @@ def _client_app() -> Any:
 class NumPyClientLearner:
     """A user's ``flwr.client.NumPyClient`` as a dfl-sim participant (its local learner).
 
-    Offers what the engines use of a :class:`~dfl.participant.Participant`: ``train_round``, ``flat``,
-    ``state``/``load_state``, ``aggregate``, ``evaluate``, ``num_samples``, ``snapshot``/``restore``.
+    Offers what the engines use of a :class:`~dfl.participant.Participant`: ``node_id``, ``device``,
+    ``flat``, ``train_round``, ``state``/``load_state``, ``aggregate``, ``evaluate``, ``num_samples``,
+    ``snapshot``/``restore`` (not ``query``: a NumPyClient has no prediction API).
     The client's parameters (a list of numpy arrays) live in one float32 vector ``flat``
     ``(n_params,)``, in list order; their shapes and dtypes are remembered and restored when they are
     handed to the client (integer arrays pass through float32: exact below 2**24).
@@ -441,6 +444,7 @@ class NumPyClientLearner:
         self.client = client
         self.config: dict[str, Any] = dict(config or {})
         self.node_id = node_id
+        self.device = torch.device("cpu")  # where ``flat`` lives; the client keeps its own model wherever it likes
         self._num_samples = num_samples
         arrays = [np.asarray(a) for a in (initial if initial is not None else client.get_parameters(dict(self.config)))]
         if not arrays:
@@ -480,7 +484,8 @@ class NumPyClientLearner:
             self._num_samples = int(n)
         self.last_metrics = dict(metrics or {})
         loss = self.last_metrics.get("loss", self.last_metrics.get("train_loss", math.nan))
-        return {"loss": float(loss), "steps": float(self.last_metrics.get("steps", math.nan))}
+        steps = self.last_metrics.get("steps", math.nan)
+        return {"loss": float(cast(float, loss)), "steps": float(cast(float, steps))}
 
     def state(self) -> torch.Tensor:
         """A copy of the parameters as one ``(n_params,)`` float32 vector."""
@@ -503,7 +508,8 @@ class NumPyClientLearner:
                                       "implement NumPyClient.evaluate or set eval.every above rounds")
         loss, _, metrics = self.client.evaluate(self.parameters(), {**self.config, "split": split})
         metrics = metrics or {}
-        return {"acc": float(metrics.get("accuracy", metrics.get("acc", math.nan))), "loss": float(loss)}
+        acc = metrics.get("accuracy", metrics.get("acc", math.nan))
+        return {"acc": float(cast(float, acc)), "loss": float(loss)}
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("a NumPyClient has no prediction API; attacks that query a node need a Participant")

@@ -13,18 +13,18 @@ from hypothesis import strategies as st
 
 from dfl import api
 from dfl.config import parse_config
-from dfl.engines.ray import place
+from dfl.engines.ray import place, require_ray
 from dfl.errors import ParticipantError
 from dfl.population import Population
 from dfl.rundir import RunDir
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
+ray = require_ray(local=True)
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False, namespace="dfl-sim-tests")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
@@ -126,3 +126,20 @@ def test_participant_error_names_node_and_round(local_ray, tiny, engine):
             fed.run_round(1)
     finally:
         eng.close()
+
+
+def test_local_ray_listens_on_loopback_only(local_ray):
+    """Every socket the local Ray processes listen on is bound to 127.0.0.1."""
+    import subprocess
+
+    from ray._private import services
+
+    assert services.get_node_ip_address() == "127.0.0.1"
+    out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("ss is not available")
+    session = local_ray._private.worker._global_node
+    pids = {str(p.process.pid) for procs in session.all_processes.values() for p in procs}
+    mine = [ln for ln in out.stdout.splitlines() if any(f"pid={pid}," in ln for pid in pids)]
+    assert mine, "no listening sockets found for this Ray instance"
+    assert all("127.0.0.1" in ln.split()[3] for ln in mine), "\n".join(mine)

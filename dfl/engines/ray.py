@@ -36,13 +36,24 @@ def _tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(arr))
 
 
-def require_ray() -> Any:
+def require_ray(local: bool = True) -> Any:
+    """Import Ray; for a local instance, make it bind to the loopback address only.
+
+    Ray replaces 127.0.0.1 with the machine's outward address unless it runs in single-node mode
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``); the environment variable reaches the processes Ray
+    starts, and the constant is patched in case Ray was imported already.
+    """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if local:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError:
         raise ConfigError([("engine.name", "the ray engine needs Ray, which is not installed; "
                                            "install it with: pip install 'dfl-sim[ray]'")]) from None
+    if local:
+        ray_constants.ENABLE_RAY_CLUSTER = False
     return ray
 
 
@@ -110,17 +121,21 @@ class RayEngine(Engine):
 
     def __init__(self, population: Population) -> None:
         super().__init__(population)
-        ray = self.ray = require_ray()
         rc = population.cfg.engine.ray
+        ray = self.ray = require_ray(local=not rc.address)
         self._owns_ray = False
         if not ray.is_initialized():
-            if rc.address:
-                ray.init(address=rc.address, include_dashboard=rc.dashboard, configure_logging=False,
-                         log_to_driver=True, namespace="dfl-sim")
-            else:
-                ray.init(_node_ip_address="127.0.0.1", include_dashboard=rc.dashboard, dashboard_host="127.0.0.1",
-                         configure_logging=False, log_to_driver=True, namespace="dfl-sim",
-                         num_cpus=os.cpu_count())
+            try:
+                if rc.address:
+                    ray.init(address=rc.address, configure_logging=False, namespace="dfl-sim")
+                else:  # a fresh local instance, never a cluster found through RAY_ADDRESS or /tmp/ray
+                    ray.init(address="local", include_dashboard=rc.dashboard,
+                             dashboard_host="127.0.0.1", configure_logging=False, namespace="dfl-sim",
+                             num_cpus=os.cpu_count())
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = rc.address or "a local instance on 127.0.0.1"
+                raise ConfigError([("engine.ray.address", f"cannot start or join Ray at {where}: {exc}; "
+                                    "start the cluster first (ray start --head) or fix the address")]) from None
             self._owns_ray = True
         self.threads = default_threads(population.cfg.engine.threads)
         from dfl.topology import build_graph

@@ -1,0 +1,245 @@
+"""The Docker set-up in docker/: image, Compose file (through ``docker compose config``) and its README section.
+
+The Compose checks run the real ``config`` of Compose v2 (``docker compose``) or of docker-compose 1.x and
+skip when neither is installed; the file checks need no Docker at all. The README checks skip until the
+``## Multi-GPU hosts`` section is in README.md and enforce it from then on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker" / "compose.yaml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+README = ROOT / "README.md"
+SERVICES = {"ray-head", "ray-worker", "runner"}
+SECTION = "## Multi-GPU hosts"
+
+# Variables the Compose file reads: cleared so that `config` shows the defaults.
+COMPOSE_VARS = ("EXPERIMENT", "DFL_SIM_DATA", "DFL_SIM_ARGS", "GPUS_PER_ACTOR", "RAY_DASHBOARD_PORT",
+                "DFL_SIM_UID", "DFL_SIM_GID", "DFL_SIM_IMAGE")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def compose_command() -> list[str] | None:
+    """``docker compose`` where the v2 plugin answers ``version``, else ``docker-compose``, else None."""
+    docker = shutil.which("docker")
+    if docker:
+        try:
+            ok = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    """``<compose> --profile run -f docker/compose.yaml config``, parsed (exit code 0 asserted)."""
+    cmd = compose_command()
+    if cmd is None:
+        pytest.skip("neither `docker compose` (v2 plugin) nor `docker-compose` is installed")
+    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARS and not k.startswith("COMPOSE_")}
+    proc = subprocess.run([*cmd, "--profile", "run", "-f", str(COMPOSE), "config"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(cmd)} config failed:\n{proc.stderr}"
+    out = yaml.safe_load(proc.stdout)
+    assert isinstance(out, dict) and "services" in out, proc.stdout
+    return out
+
+
+def words(value: Any) -> list[str]:
+    """A command/entrypoint as a list of words (1.x prints a string command as given, v2 as a list)."""
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def size_bytes(value: Any) -> int:
+    """``8gb``, ``8g``, ``512m`` or a byte count (v2 prints bytes) -> bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)b?\s*", str(value).lower())
+    assert m, f"unreadable size {value!r}"
+    return int(m.group(1)) * 1024 ** " kmg".index(m.group(2) or " ")
+
+
+def published(port: Any) -> tuple[str, str]:
+    """(host ip, published port) of one ``ports`` entry in short (1.x) or long (v2) form."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip") or ""), str(port.get("published") or "")
+    parts = str(port).split("/")[0].split(":")
+    if len(parts) == 3:
+        return parts[0], parts[1]
+    return "", parts[0] if len(parts) == 2 else ""
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """target -> source of a service's volumes, short (1.x) or long (v2) form."""
+    out: dict[str, str] = {}
+    for v in service.get("volumes") or []:
+        if isinstance(v, dict):
+            out[str(v["target"])] = str(v.get("source", ""))
+        else:
+            source, target = str(v).split(":")[:2]
+            out[target] = source
+    return out
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def healthy_dependency(service: dict[str, Any], on: str) -> bool:
+    dep = service.get("depends_on") or {}
+    return isinstance(dep, dict) and (dep.get(on) or {}).get("condition") == "service_healthy"
+
+
+def readme_section() -> str:
+    """The README's ``## Multi-GPU hosts`` section; skips while it is not merged in."""
+    text = README.read_text()
+    start = text.find(f"\n{SECTION}\n")
+    if start < 0:
+        pytest.skip(f"README.md has no {SECTION!r} section yet (its text is in docker/README-section.md)")
+    end = text.find("\n## ", start + len(SECTION) + 2)
+    return text[start:] if end < 0 else text[start:end]
+
+
+# ------------------------------------------------------------------------------ compose (via config)
+
+
+def test_compose_config_has_the_three_services(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == SERVICES
+
+
+def test_worker_reserves_the_nvidia_gpus(config: dict[str, Any]) -> None:
+    """One worker holds all GPUs and Ray spreads the actors over them.
+
+    Not ``count: 1`` with ``--scale``: Docker gives every replica GPU 0 for ``count: 1``.
+    """
+    worker = config["services"]["ray-worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert len(devices) == 1
+    (dev,) = devices
+    assert dev["driver"] == "nvidia"
+    assert "gpu" in dev["capabilities"]
+    assert str(dev.get("count")) in ("all", "-1"), dev  # v2 prints `all` as -1
+    assert "container_name" not in worker
+    cmd = words(worker["command"])
+    assert cmd[:2] == ["ray", "start"] and "--address=ray-head:6379" in cmd and "--block" in cmd
+    assert healthy_dependency(worker, "ray-head")
+    assert size_bytes(worker["shm_size"]) >= 2 * 1024**3
+
+
+def test_head_runs_ray_head_without_gpus_and_has_a_healthcheck(config: dict[str, Any]) -> None:
+    head = config["services"]["ray-head"]
+    cmd = words(head["command"])
+    for flag in ("--head", "--port=6379", "--dashboard-host=0.0.0.0", "--num-gpus=0", "--block"):
+        assert flag in cmd, cmd
+    assert words(head["healthcheck"]["test"])[-2:] == ["ray", "status"]
+    assert size_bytes(head["shm_size"]) >= 2 * 1024**3
+    assert "deploy" not in head
+
+
+def test_every_published_port_is_bound_to_loopback(config: dict[str, Any]) -> None:
+    ports = [(name, p) for name, svc in config["services"].items() for p in svc.get("ports") or []]
+    assert ports, "the dashboard should be published on 127.0.0.1"
+    for name, port in ports:
+        host_ip, host_port = published(port)
+        assert host_ip == "127.0.0.1", f"{name}: {port} is not bound to 127.0.0.1"
+        assert host_port != "6379", f"{name}: the GCS port must not be published"
+    assert ("127.0.0.1", "8265") in [published(p) for _, p in ports]
+
+
+def test_runner_joins_the_cluster_and_runs_the_experiment(config: dict[str, Any]) -> None:
+    runner = config["services"]["runner"]
+    cmd = words(runner["command"])
+    assert cmd[:2] == ["dfl-sim", "run"]
+    assert cmd[2] == "experiments/ring_cifar10.yaml"
+    sets = [cmd[i + 1] for i, w in enumerate(cmd[:-1]) if w == "--set"]
+    assert "engine.ray.address=ray-head:6379" in sets
+    assert "engine.name=ray" in sets and "device=auto" in sets
+    # the driver needs a raylet in its own container: the entrypoint joins with nothing to offer
+    entry = " ".join(words(runner["entrypoint"]))
+    assert "ray start --address=ray-head:6379 --num-cpus=0 --num-gpus=0" in entry
+    assert "run" in (runner.get("profiles") or []) or runner.get("restart") == "no"
+    assert healthy_dependency(runner, "ray-head")
+    m = mounts(runner)
+    assert {"/app/experiments", "/app/runs", "/data"} <= set(m)
+    assert env_of(runner)["DFL_SIM_DATA"] == "/data"
+
+
+# ---------------------------------------------------------------------------- files (no Docker)
+
+
+def test_compose_file_is_compose_spec_with_a_shared_extension() -> None:
+    raw = COMPOSE.read_text()
+    doc = yaml.safe_load(raw)
+    assert "version" not in doc, "Compose spec: no `version:` key"
+    assert set(doc["services"]) == SERVICES
+    assert any(k.startswith("x-") for k in doc), "shared image/build settings live in an x- extension"
+    assert re.search(r"<<: \*\w", raw), "services merge the shared settings with a YAML anchor"
+    for name in SERVICES:
+        assert doc["services"][name]["build"]["context"] == ".."
+
+
+def test_dockerfile_installs_the_ray_extra_as_non_root() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"pip install [^\n]*--no-cache-dir[^\n]*'\.\[ray\]'", text)
+    assert re.search(r"^WORKDIR /app$", text, re.M)
+    user = re.findall(r"^USER (\S+)$", text, re.M)
+    assert user and user[-1] not in ("root", "0")
+    assert re.search(r'^CMD \["dfl-sim", "--help"\]$', text, re.M)
+
+
+def test_dockerfile_base_torch_is_in_the_pyproject_range() -> None:
+    specifiers = pytest.importorskip("packaging.specifiers")
+    m = re.search(r"^ARG PYTORCH_IMAGE=pytorch/pytorch:(\d+\.\d+\.\d+)-cuda12\.\d+-cudnn\d+-runtime$",
+                  DOCKERFILE.read_text(), re.M)
+    assert m, "the base must be an official pytorch/pytorch CUDA 12.x runtime tag"
+    dep = re.search(r'"torch([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    assert dep
+    assert m.group(1) in specifiers.SpecifierSet(dep.group(1)), (m.group(1), dep.group(1))
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
+    lines = {ln.strip().rstrip("/") for ln in DOCKERIGNORE.read_text().splitlines()}
+    for entry in (".venv", "runs", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache"):
+        assert entry in lines, entry
+    assert "README.md" not in lines and "pyproject.toml" not in lines  # the build needs both
+
+
+# ----------------------------------------------------------------------- README (after the merge)
+
+
+def test_readme_section_matches_the_compose_file() -> None:
+    section = readme_section()
+    for text in ("docker/compose.yaml", *SERVICES, "127.0.0.1:8265", "engine.ray.gpus_per_actor",
+                 "engine.ray.address=", "docker-compose -f docker/compose.yaml config"):
+        assert text in section, f"the {SECTION} section should mention {text!r}"
+    # the commands: lines of the section's code blocks, comments dropped
+    blocks = re.findall(r"^```\w*\n(.*?)^```", section, re.M | re.S)
+    commands = [re.sub(r"(^|\s)#.*$", "", ln).strip() for b in blocks for ln in b.splitlines()]
+    compose = [c for c in commands if "docker compose -f docker/compose.yaml " in c]
+    assert any(c.endswith(" build") for c in compose)
+    assert any(" up -d " in c and c.endswith(" ray-head ray-worker") for c in compose)
+    assert any(" run --rm runner" in c and "EXPERIMENT=" in c and "DFL_SIM_DATA=" in c for c in compose)
+    assert any(c.endswith(" down") for c in compose)
+    # scaling a `count: 1` worker would put every replica on GPU 0
+    assert not any("--scale" in c for c in commands)
