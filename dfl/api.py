@@ -40,12 +40,19 @@ def _config(config: ExperimentConfig | str | Path, overrides: Sequence[str]) -> 
     return load_config(config, list(overrides))
 
 
-def prepare(cfg: ExperimentConfig) -> Any:
-    """Load data, make splits and build the initial model: every data/model error surfaces here."""
+PopulationFactory = Callable[[ExperimentConfig], Any]
+
+
+def prepare(cfg: ExperimentConfig, population_factory: PopulationFactory | None = None) -> Any:
+    """Load data, make splits and build the initial model: every data/model error surfaces here.
+
+    ``population_factory(cfg) -> Population`` replaces ``Population.from_config``, e.g. to make every
+    node a user's Flower ``NumPyClient`` (``dfl.flower.NumPyClientPopulation.wrap``).
+    """
     from dfl.population import Population
 
     try:
-        population = Population.from_config(cfg)
+        population = (population_factory or Population.from_config)(cfg)
     except DataError as exc:
         msg = str(exc)
         raise DataError(msg if msg.startswith("data") else f"data.dataset ({cfg.data.dataset.name}): {msg}") from None
@@ -74,11 +81,12 @@ def run(
     progress: ProgressFn | None = None,
     stop_after: int | None = None,
     t0: float | None = None,
+    population_factory: PopulationFactory | None = None,
 ) -> RunResult:
     """Run an experiment to the end (or, with ``stop_after=k``, stop after round k as if interrupted)."""
     t0 = time.perf_counter() if t0 is None else t0
     cfg = _config(config, overrides)
-    population = prepare(cfg)
+    population = prepare(cfg, population_factory)
     rundir = RunDir.create(cfg, Path(out_dir) if out_dir is not None else None)
     return _execute(cfg, population, rundir, 0, None, progress, stop_after, t0)
 
@@ -90,6 +98,10 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, stop_afte
     if rundir.status == "complete":
         raise RunError(f"{rundir.path} is already complete; nothing to resume (start a new run instead)")
     cfg = rundir.config()
+    if cfg.topology.name == "centralized":
+        from dfl.flower import check_resume
+
+        check_resume(cfg)
     ckpt = rundir.load_checkpoint()
     population = prepare(cfg)
     rundir.truncate_metrics(ckpt["metrics_bytes"])
@@ -107,36 +119,39 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
     timings: dict[str, float] = {"setup_s": time.perf_counter() - t0}
     engine = None
     try:
-        engine = engine_class(cfg.engine.name)(population)
-        if snaps is not None:
-            engine.restore(snaps)
-        elif cfg.output.checkpoint_every:
-            rundir.save_checkpoint(0, engine.snapshot())  # a fault in round 1 rolls back to here
-        fed = Federation(cfg, population, engine)
-        failures = 0
-        round_idx = start
-        while round_idx < cfg.rounds:
-            try:
-                records = fed.run_round(round_idx)
-            except EngineFault as fault:
-                failures += 1
-                if failures > cfg.engine.ray.max_failures or not cfg.output.checkpoint_every:
-                    raise
-                round_idx = _recover(engine, rundir, fault, round_idx)
-                continue
-            rundir.append(records)
-            done = round_idx + 1
-            k = cfg.output.checkpoint_every
-            if k and (done % k == 0 or done == cfg.rounds):
-                rundir.save_checkpoint(done, engine.snapshot())
-            if round_idx == start:
-                timings["to_first_round_s"] = time.perf_counter() - t0
-            if progress:
-                progress(done, cfg.rounds, records[-1])
-            if stop_after is not None and done >= stop_after and done < cfg.rounds:
-                rundir.set_status("interrupted")
-                return RunResult(rundir.path, "interrupted", timings=timings)
-            round_idx = done
+        if cfg.topology.name == "centralized":
+            _run_flower(cfg, population, rundir, progress, timings, t0)
+        else:
+            engine = engine_class(cfg.engine.name)(population)
+            if snaps is not None:
+                engine.restore(snaps)
+            elif cfg.output.checkpoint_every:
+                rundir.save_checkpoint(0, engine.snapshot())  # a fault in round 1 rolls back to here
+            fed = Federation(cfg, population, engine)
+            failures = 0
+            round_idx = start
+            while round_idx < cfg.rounds:
+                try:
+                    records = fed.run_round(round_idx)
+                except EngineFault as fault:
+                    failures += 1
+                    if failures > cfg.engine.ray.max_failures or not cfg.output.checkpoint_every:
+                        raise
+                    round_idx = _recover(engine, rundir, fault, round_idx)
+                    continue
+                rundir.append(records)
+                done = round_idx + 1
+                k = cfg.output.checkpoint_every
+                if k and (done % k == 0 or done == cfg.rounds):
+                    rundir.save_checkpoint(done, engine.snapshot())
+                if round_idx == start:
+                    timings["to_first_round_s"] = time.perf_counter() - t0
+                if progress:
+                    progress(done, cfg.rounds, records[-1])
+                if stop_after is not None and done >= stop_after and done < cfg.rounds:
+                    rundir.set_status("interrupted")
+                    return RunResult(rundir.path, "interrupted", timings=timings)
+                round_idx = done
         timings["rounds_s"] = time.perf_counter() - t0 - timings["setup_s"]
         records = rundir.records()
         splits = population.splits
@@ -158,6 +173,19 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
     finally:
         if engine is not None:
             engine.close()
+
+
+def _run_flower(cfg: ExperimentConfig, population: Any, rundir: RunDir, progress: ProgressFn | None,
+                timings: dict[str, float], t0: float) -> None:
+    """``topology: centralized``: FedAvg through Flower's simulation engine, writing the same records."""
+    from dfl.flower import run_centralized
+
+    def on_progress(done: int, total: int, summary: dict[str, Any]) -> None:
+        timings.setdefault("to_first_round_s", time.perf_counter() - t0)
+        if progress:
+            progress(done, total, summary)
+
+    run_centralized(cfg, population, on_progress, rundir.append)
 
 
 def _recover(engine: Any, rundir: RunDir, fault: EngineFault, round_idx: int) -> int:

@@ -253,6 +253,10 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         from dfl.topology import check_topology
 
         errors += check_topology(cfg)
+    if cfg.topology.name == "centralized":
+        from dfl.flower import centralized_errors
+
+        errors += centralized_errors(cfg)
     return errors
 
 

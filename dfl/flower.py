@@ -235,6 +235,9 @@ def run_centralized(
             evaluate_fn=after_round,
         )
 
+    from dfl.engines.ray import require_ray
+
+    require_ray(local=True)  # Flower starts its own Ray: keep it on the loopback address
     cpus = num_cpus or available_cpus()
     backend_config = {
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,

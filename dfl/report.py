@@ -181,7 +181,9 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
         f"(`{cfg.data.partition.name}` partition), `{cfg.model.name}` model, {cfg.rounds} rounds "
         f"of {cfg.training.local_steps or cfg.training.local_epochs} local "
         f"{'steps' if cfg.training.local_steps else 'epochs'}, aggregation `{cfg.aggregator.name}`, "
-        f"seed {cfg.seed}, engine `{cfg.engine.name}`."
+        f"seed {cfg.seed}, "
+        + ("FedAvg through Flower's simulation engine (server-based baseline)."
+           if cfg.topology.name == "centralized" else f"engine `{cfg.engine.name}`.")
         + (f" Attackers: {', '.join(map(str, cfg.attackers))}." if cfg.attackers else ""),
         "",
         f"## Final metrics (round {summary['final_round']})",

@@ -6,8 +6,10 @@ The two Flower runs (each starts a local Ray) are shared by the tests through on
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import sys
+from importlib.util import find_spec
 from typing import Any
 
 import numpy as np
@@ -153,13 +155,17 @@ def test_fedavg_is_the_sample_weighted_mean() -> None:
 
 
 def test_missing_flwr_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = centralized_config()
     monkeypatch.setitem(sys.modules, "flwr", None)  # `import flwr` now raises ImportError
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flwr" else find_spec(name, *a))
     with pytest.raises(ConfigError) as err:
         require_flwr()
     [(path, message)] = err.value.errors
     assert path == "topology.name"
     assert "pip install 'dfl-sim[flower]'" in message and "not installed" in message
-    assert ("topology.name", message) in centralized_errors(centralized_config())
+    assert ("topology.name", message) in centralized_errors(cfg)
+    with pytest.raises(ConfigError, match=r"dfl-sim\[flower\]"):  # `dfl-sim validate` reports it too
+        parse_config(cfg.model_dump(mode="json"))
 
 
 def test_centralized_runs_cannot_resume_or_drop_links() -> None:
@@ -168,8 +174,10 @@ def test_centralized_runs_cannot_resume_or_drop_links() -> None:
         check_resume(cfg)
     with pytest.raises(RunError, match="cannot be resumed"):
         run_centralized(cfg, Population.from_config(cfg), None, lambda records: None, start_round=1)
-    flaky = centralized_config(topology={"name": "centralized", "link_failure": 0.1})
+    flaky = cfg.model_copy(update={"topology": cfg.topology.model_copy(update={"link_failure": 0.1})})
     assert [p for p, _ in centralized_errors(flaky)] == ["topology.link_failure"]
+    with pytest.raises(ConfigError, match="topology.link_failure"):
+        parse_config(flaky.model_dump(mode="json"))
     check_resume(centralized_config(topology={"name": "ring"}))  # gossip runs resume as usual
 
 
@@ -274,3 +282,19 @@ def test_numpy_clients_plug_into_the_engines_through_a_population() -> None:
     wrapped = NumPyClientPopulation.wrap(Population.from_config(cfg), participant_client)
     assert isinstance(wrapped.participant(0), NumPyClientLearner)
     assert serial_records(cfg, wrapped) == serial_records(cfg, plain)
+
+
+def test_api_runs_centralized_through_flower_with_fedavg_numbers(tiny, write_cfg):
+    """`topology: centralized` goes through Flower and equals gossip with FedAvg weights on a complete graph."""
+    from dfl import api
+
+    tiny["rounds"] = 2
+    tiny["nodes"] = 3
+    tiny["attackers"] = []
+    tiny["data"]["partition"] = {"name": "sizes", "params": {"sizes": [60, 90, 150]}}
+    cfg = write_cfg(tiny)
+    flower = api.run(cfg, ["topology.name=centralized"])
+    gossip = api.run(cfg, ["topology.name=fully_connected", "aggregator.name=sample_weighted"])
+    assert flower.status == "complete"
+    assert "Flower" in (flower.run_dir / "report.md").read_text()
+    assert (flower.run_dir / "metrics.jsonl").read_bytes() == (gossip.run_dir / "metrics.jsonl").read_bytes()
