@@ -117,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", nargs="+", default=["overhead", "compute"])
     ap.add_argument("--rounds", nargs="+", type=int, default=[12, 6], help="rounds per workload (at least 3)")
-    ap.add_argument("--engine", default="serial", choices=["serial", "ray"], help="dfl-sim engine")
+    ap.add_argument("--engine", default="ray", choices=["serial", "ray"], help="dfl-sim engine")
     ap.add_argument("--cpus", type=int, default=2, help="CPU budget of both sides")
     ap.add_argument("--data-root", default=os.environ.get("DFL_SIM_DATA", "/work/shared/datasets"))
     args = ap.parse_args()
