@@ -127,7 +127,12 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
                 engine.restore(snaps)
             elif cfg.output.checkpoint_every:
                 rundir.save_checkpoint(0, engine.snapshot())  # a fault in round 1 rolls back to here
-            fed = Federation(cfg, population, engine)
+            observers = []
+            if cfg.attacks:
+                from dfl.adversary import Adversary
+
+                observers.append(Adversary(cfg, population))
+            fed = Federation(cfg, population, engine, observers)
             failures = 0
             round_idx = start
             while round_idx < cfg.rounds:
@@ -277,12 +282,13 @@ def compare(
                 on_run(label, len(results) + 1, total)
             res = run(cfg, out_dir=out / "runs")
             results.append(res)
-            finals.append(res.summary["final"])
+            finals.append({**res.summary["final"], **{f"mia_{k}": v for k, v in res.summary.get("mia", {}).items()}})
             recs = RunDir(res.run_dir).records()
             curves.setdefault(label, []).append(
                 [(r["round"], r["mean_test_acc"]) for r in recs if r["kind"] == "round" and "mean_test_acc" in r])
         row: dict[str, Any] = {**values, "seeds": len(cfgs)}
-        for m in COMPARE_METRICS:
+        extra = sorted({k for f in finals for k in f if k.startswith("mia_")})
+        for m in (*COMPARE_METRICS, *extra):
             vals = [f[m] for f in finals if m in f]
             if vals:
                 import numpy as np
@@ -312,7 +318,7 @@ def _write_comparison(out: Path, axes: list[tuple[str, list[Any]]], rows: list[d
         w.writeheader()
         w.writerows(rows)
     keys = [k for k, _ in axes]
-    metrics = [m for m in COMPARE_METRICS if m in rows[0]]
+    metrics = [m for m in rows[0] if not m.endswith("_std") and (m in COMPARE_METRICS or m.startswith("mia_"))]
     lines = ["# Comparison", "", f"Mean ± std over {rows[0]['seeds']} seed(s) of each run's final metrics.", "",
              "| " + " | ".join(keys + metrics) + " |", "|" + "---|" * (len(keys) + len(metrics))]
     for r in rows:

@@ -74,6 +74,24 @@ class TopologyConfig(Strict):
 SplitName = Literal["train", "holdout", "test"]
 
 
+class AttackSpec(Strict):
+    """One attack every attacker runs: what, with which access, when, against whom."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    access: Literal["query", "params"] = Field("query", description="black-box query() API, or the shared state")
+    rounds: list[int] | None = Field(None, description="1-based rounds to attack in (default: the last round)")
+    every: int | None = Field(None, gt=0, description="attack every k rounds (instead of rounds)")
+    targets: Literal["neighbours"] | list[int] = Field("neighbours", description="victims: neighbours or node ids")
+    samples: int = Field(500, gt=0, description="members scored per victim (as many non-members)")
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> AttackSpec:
+        if self.rounds is not None and self.every is not None:
+            raise ValueError("give either rounds or every, not both")
+        return self
+
+
 class EvalConfig(Strict):
     every: int = Field(1, gt=0)
     splits: list[SplitName] = Field(default_factory=lambda: list[SplitName](["train", "holdout", "test"]))
@@ -118,7 +136,8 @@ class ExperimentConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     topology: TopologyConfig = Field(default_factory=TopologyConfig)
     aggregator: Spec = Field(default_factory=lambda: Spec(name="neighbourhood_mean"))
-    attackers: list[int] = Field(default_factory=list, description="node ids of attacker participants")
+    attackers: list[int] | int = Field(default_factory=list, description="node ids, or a count placed by a seeded rule")
+    attacks: list[AttackSpec] = Field(default_factory=list, description="attacks every attacker runs")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -203,7 +222,7 @@ def parse_config(raw: dict[str, Any], overrides: list[str] = (), source: str | N
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(pydantic_errors(exc), source=source) from None
-    errors = resolve_plugins(cfg) + cross_checks(cfg)
+    errors = place_attackers(cfg) + resolve_plugins(cfg) + cross_checks(cfg)
     if errors:
         raise ConfigError(errors, source=source)
     return cfg
@@ -214,10 +233,24 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     return parse_config(read_yaml(path), overrides, source=str(path))
 
 
+def place_attackers(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """``attackers: k`` (a count) -> k node ids drawn uniformly without replacement, seeded by ``seed``."""
+    if not isinstance(cfg.attackers, int):
+        return []
+    k = cfg.attackers
+    if not 0 <= k < cfg.nodes:
+        return [("attackers", f"a count of {k} attackers needs 0 <= count < nodes={cfg.nodes}; lower it or list node ids")]
+    import numpy as np
+
+    rng = np.random.default_rng([cfg.seed, 3])
+    cfg.attackers = sorted(int(i) for i in rng.choice(cfg.nodes, size=k, replace=False))
+    return []
+
+
 def resolve_plugins(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     """Check each plugin spec against its registry and fill in its params' defaults, in place."""
     from dfl.plugins import load_plugins
-    from dfl.registries import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, TOPOLOGIES
+    from dfl.registries import AGGREGATORS, ATTACKS, DATASETS, MODELS, PARTITIONERS, TOPOLOGIES
 
     load_plugins()
     errors: list[tuple[str, str]] = []
@@ -227,7 +260,7 @@ def resolve_plugins(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         ("model", cfg.model, MODELS),
         ("topology", cfg.topology, TOPOLOGIES),
         ("aggregator", cfg.aggregator, AGGREGATORS),
-    ]
+    ] + [(f"attacks.{i}", a, ATTACKS) for i, a in enumerate(cfg.attacks)]
     for path, spec, registry in specs:
         try:
             entry = registry.get(spec.name, f"{path}.name")
@@ -257,6 +290,40 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         from dfl.flower import centralized_errors
 
         errors += centralized_errors(cfg)
+    if not errors and cfg.attacks:
+        errors += attack_checks(cfg)
+    return errors
+
+
+def attack_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """Attacks need attackers, victims to reach, rounds that exist and (for shadow training) auxiliary data."""
+    from dfl.registries import ATTACKS
+    from dfl.topology import base_graph
+
+    errors: list[tuple[str, str]] = []
+    attackers = list(cfg.attackers) if not isinstance(cfg.attackers, int) else []
+    if not attackers:
+        return [("attackers", f"{len(cfg.attacks)} attack(s) are configured but no node is an attacker; "
+                              "list attacker node ids (attackers: [0]) or a count (attackers: 1)")]
+    graph = base_graph(cfg, 0)
+    for i, spec in enumerate(cfg.attacks):
+        entry = ATTACKS.get(spec.name, f"attacks.{i}.name")
+        if getattr(entry.obj, "needs_auxiliary", False) and cfg.data.auxiliary_fraction <= 0:
+            errors.append((f"attacks.{i}.name", f"{spec.name} trains shadow models on the attacker's auxiliary data, "
+                           "but data.auxiliary_fraction is 0; set it (e.g. 0.1)"))
+        for r in spec.rounds or []:
+            if not 1 <= r <= cfg.rounds:
+                errors.append((f"attacks.{i}.rounds", f"round {r} does not exist; rounds run from 1 to {cfg.rounds}"))
+        if spec.targets == "neighbours":
+            for a in attackers:
+                if graph.degree(a) == 0:
+                    errors.append((f"attacks.{i}.targets", f"attacker {a} has no neighbours in the {cfg.topology.name} "
+                                   "graph; list explicit targets or choose another attacker"))
+        else:
+            for j, t in enumerate(spec.targets):
+                if not 0 <= t < cfg.nodes or t in attackers:
+                    errors.append((f"attacks.{i}.targets.{j}", f"target {t} must be a node id below {cfg.nodes} "
+                                   "that is not an attacker"))
     return errors
 
 

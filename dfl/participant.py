@@ -39,7 +39,7 @@ def flatten_into_views(model: nn.Module) -> torch.Tensor:
     Afterwards ``p.data`` of each tensor is a view into the returned ``(n_params,)`` vector, in
     ``named_parameters()`` then ``named_buffers()`` order.
     """
-    tensors = [p for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]
+    tensors = shared_tensors(model)
     total = sum(t.numel() for t in tensors)
     device = tensors[0].device if tensors else torch.device("cpu")
     flat = torch.empty(total, dtype=torch.float32, device=device)
@@ -51,6 +51,23 @@ def flatten_into_views(model: nn.Module) -> torch.Tensor:
             t.data = flat[offset : offset + n].view_as(t)
             offset += n
     return flat
+
+
+def shared_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The tensors of a model's shared state, in flat-vector order: parameters, then float buffers."""
+    return [p for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]
+
+
+@torch.no_grad()
+def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
+    """Copy a flat shared state (as :meth:`Participant.state` returns it) into ``model``."""
+    offset = 0
+    for t in shared_tensors(model):
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+    if offset != flat.numel():
+        raise ValueError(f"a state of {flat.numel()} values does not fit a model of {offset}")
 
 
 class Participant:

@@ -69,6 +69,10 @@ class Population:
                 self._template = build_model(self.cfg.model, self.data.shape, self.data.num_classes)
         return self._template
 
+    def train_pool(self, idx: np.ndarray) -> Split:
+        """Normalised tensors of ``x_train[idx]`` on this process's device."""
+        return self._split(self.data.x_train, self.data.y_train, idx)
+
     def _split(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
         return Split(to_float(x[idx], self.mean, self.std).to(self.device), torch.from_numpy(y[idx]).to(self.device))
 

@@ -51,6 +51,7 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
         for r in finals
     ]
     return {
+        "mia": mia_summary(records),
         "name": cfg.name,
         "seed": cfg.seed,
         "rounds": cfg.rounds,
@@ -62,6 +63,26 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
         "final": agg,
         "per_node": per_node,
     }
+
+
+MIA_KEYS = ("auc", "accuracy", "f1", "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "oracle_accuracy",
+            "victim_train_acc", "victim_holdout_acc", "victim_gap")
+
+
+def mia_summary(records: list[Record]) -> dict[str, float]:
+    """Per attack (and access), the mean over attacker-victim pairs at its last attacked round: ``{attack}_{metric}``."""
+    mia = [r for r in records if r["kind"] == "mia"]
+    out: dict[str, float] = {}
+    for name in sorted({(r["attack"], r["access"]) for r in mia}):
+        rows = [r for r in mia if (r["attack"], r["access"]) == name]
+        last = max(r["round"] for r in rows)
+        rows = [r for r in rows if r["round"] == last]
+        label = name[0] if name[1] == "query" else f"{name[0]}_params"
+        for k in MIA_KEYS:
+            vals = [r[k] for r in rows if k in r]
+            if vals:
+                out[f"{label}_{k}"] = float(np.mean(vals))
+    return out
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -85,6 +106,9 @@ def write_tables(out: Path, records: list[Record], summary: dict[str, Any], hist
     _write_csv(tables / "rounds.csv", [{k: v for k, v in r.items() if k not in ("kind", "node")}
                                        for r in records if r["kind"] == "round"])
     _write_csv(tables / "final.csv", summary["per_node"])
+    mia = [{k: v for k, v in r.items() if k not in ("kind", "roc_tpr")} for r in records if r["kind"] == "mia"]
+    if mia:
+        _write_csv(tables / "mia.csv", mia)
     _write_csv(tables / "label_histogram.csv",
                [{"node": i, **{c: int(v) for c, v in zip(classes, row, strict=True)}} for i, row in enumerate(histograms)])
 
@@ -150,6 +174,30 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
         plt.close(fig)
         made.append("plots/consensus.png")
 
+    mia = [r for r in records if r["kind"] == "mia"]
+    if mia:
+        from dfl.adversary import ROC_POINTS
+
+        last = max(r["round"] for r in mia)
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        for r in (r for r in mia if r["round"] == last):
+            ax.plot(ROC_POINTS, r["roc_tpr"], lw=1.2,
+                    label=f"{r['attack']} ({r['access']}) {r['attacker']}->{r['node']}: AUC {r['auc']:.3f}")
+        ax.plot([1e-3, 1], [1e-3, 1], "k--", lw=0.8, label="chance")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(1e-3, 1)
+        ax.set_ylim(1e-3, 1.02)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(f"membership inference, round {last}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(out / "plots" / "roc.png", dpi=110)
+        plt.close(fig)
+        made.append("plots/roc.png")
+
     fig, ax = plt.subplots(figsize=(5, 5))
     pos = _layout(graph, cfg.topology.name)
     colors = ["tab:red" if i in attackers else "tab:blue" for i in graph.nodes]
@@ -202,6 +250,16 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
         keys = list(per[0])
         lines += ["", "## Per node", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in per]
+    mia = summary.get("mia_rows", [])
+    if mia:
+        cols = ["round", "attacker", "node", "attack", "access", "members", "auc", "accuracy", "oracle_accuracy", "f1",
+                "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "victim_train_acc", "victim_holdout_acc", "victim_gap"]
+        lines += ["", "## Membership inference", "",
+                  "Members: a sample of the victim's train split; as many non-members that nobody trained on. "
+                  "`accuracy`/`f1`: the attack's own calibrated decisions; `oracle_accuracy`: the best threshold on "
+                  "this set (an upper bound); the all-member baseline has accuracy 0.5 and F1 0.667.", "",
+                  "| " + " | ".join(c.replace("victim_", "") for c in cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in mia]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     if len(histograms) <= 50:
@@ -219,6 +277,7 @@ def write_outputs(out: Path, cfg: ExperimentConfig, records: list[Record], count
     summary.update(extra)
     write_tables(out, records, summary, histograms, classes)
     plots = write_plots(out, cfg, records, graph) if cfg.output.plots else []
-    write_report(out, cfg, summary, plots, histograms, classes)
+    mia_rows = [r for r in records if r["kind"] == "mia"]
+    write_report(out, cfg, {**summary, "mia_rows": mia_rows[-200:]}, plots, histograms, classes)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,0 +1,101 @@
+"""Metric-based attacks (Song & Mittal, "Systematic Evaluation of Privacy Risks of Machine Learning
+Models", USENIX Security 2021): a membership signal computed from the victim's output on ``(x, y)`` and
+a threshold calibrated on shadow models.
+
+The threshold (global, or one per class) maximises ``(TPR + TNR) / 2`` on the shadow models' known
+members and non-members; the attack then calls a sample a member when its signal reaches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs
+from attacks.shadow import probabilities, shadow_models, stack
+from dfl.privacy import best_threshold, per_class_thresholds
+
+EPS = 1e-30
+
+
+class MetricParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shadow_models: int = Field(2, gt=0, description="shadow models for calibration")
+    shadow_size: int | None = Field(None, gt=0, description="members per shadow model (default: own train size)")
+    shadow_epochs: float | None = Field(None, gt=0, description="default: a victim's local epochs so far")
+    per_class: bool = Field(False, description="one threshold per class instead of a global one")
+
+
+Signal = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def correctness(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``1[argmax p = y]``."""
+    return (p.argmax(1) == y).double()
+
+
+def confidence(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``p_y``."""
+    return p.gather(1, y[:, None]).squeeze(1).double()
+
+
+def entropy(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``-H(p) = sum_i p_i log p_i`` (members are predicted with lower entropy)."""
+    q = p.double()
+    return (q * q.clamp_min(EPS).log()).sum(1)
+
+
+def modified_entropy(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``-Mentr(p, y)`` with ``Mentr = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)``."""
+    q = p.double()
+    py = q.gather(1, y[:, None]).squeeze(1)
+    others = q * (1 - q).clamp_min(EPS).log()
+    others_sum = others.sum(1) - others.gather(1, y[:, None]).squeeze(1)
+    mentr = -(1 - py) * py.clamp_min(EPS).log() - others_sum
+    return -mentr
+
+
+def loss(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log p_y`` = minus the cross-entropy loss (members have lower loss)."""
+    return confidence(p, y).clamp_min(EPS).log()
+
+
+def top1(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``max_i p_i``: the top-one confidence, no label needed."""
+    return p.max(1).values.double()
+
+
+class MetricAttack(MembershipAttack):
+    """A signal of the victim's output and a shadow-calibrated threshold."""
+
+    signal: ClassVar[Signal]
+    calibrated: ClassVar[bool] = True
+
+    def prepare(self, view: AdversaryView) -> None:
+        p = self.params
+        key = f"thresholds:{type(self).__name__}:{p.model_dump_json()}"
+        if key in view.cache:
+            return
+        ins, outs, labels = [], [], []
+        for sh in shadow_models(view, p.shadow_models, p.shadow_size, p.shadow_epochs):
+            ins.append(type(self).signal(probabilities(sh.model, sh.inside.x), sh.inside.y).numpy())
+            outs.append(type(self).signal(probabilities(sh.model, sh.outside.x), sh.outside.y).numpy())
+            labels += [sh.inside.y.numpy(), sh.outside.y.numpy()]
+        scores, truth = stack(np.concatenate(ins), np.concatenate(outs))
+        lab = np.concatenate([*labels[0::2], *labels[1::2]])  # the order of `scores`: members, then non-members
+        view.cache[key] = (per_class_thresholds(scores, truth, lab, view.num_classes) if p.per_class
+                           else best_threshold(scores, truth))
+        self._key = key
+
+    def score(self, view: AdversaryView, outputs: Outputs, data: Labelled) -> AttackResult:
+        s = type(self).signal(outputs(data.x), data.y).numpy()
+        if not type(self).calibrated:
+            return AttackResult(s, s >= 0.5)
+        th = view.cache[self._key]
+        limit = th[data.y.numpy()] if self.params.per_class else th
+        info = {"threshold": float(th) if not self.params.per_class else [float(t) for t in th]}
+        return AttackResult(s, s >= limit, info)

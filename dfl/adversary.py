@@ -1,0 +1,152 @@
+"""The adversary side of a run: builds each attacker's view, runs its scheduled attacks, scores them.
+
+An ``Adversary`` is a ``Federation`` observer: after the nodes of round r have shared their states it
+gives every attacker an :class:`attacks.base.AdversaryView` (its own data, the auxiliary pool, the
+states its neighbours sent it, their query APIs) and runs the attacks scheduled for round r against
+its targets. Only here is the truth known: members are a seeded sample of the victim's train split,
+non-members as many samples that nobody trained on (the holdout splits of every node but the
+attacker, then the test set). Scores become metrics (:func:`dfl.privacy.mia_metrics`) next to the
+victim's accuracy on the same members and non-members and its generalisation gap.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import nn
+
+from attacks.base import AdversaryView, Labelled, MembershipAttack
+from attacks.shadow import probabilities
+from dfl.config import AttackSpec, ExperimentConfig
+from dfl.participant import flatten_into_views, load_flat
+from dfl.population import Population
+from dfl.privacy import mia_metrics
+from dfl.registries import ATTACKS
+
+Record = dict[str, Any]
+ROC_POINTS = np.r_[0.0, np.logspace(-3, 0, 40)]  # FPR grid the ROC curve is stored on
+
+
+def scheduled(spec: AttackSpec, round_no: int, rounds: int) -> bool:
+    """Whether ``spec`` runs in 1-based round ``round_no``: its ``rounds``, every ``every``, else the last."""
+    if spec.rounds is not None:
+        return round_no in spec.rounds
+    if spec.every is not None:
+        return round_no % spec.every == 0 or round_no == rounds
+    return round_no == rounds
+
+
+class Adversary:
+    """Runs the configured attacks of every attacker (a ``Federation`` observer)."""
+
+    def __init__(self, cfg: ExperimentConfig, population: Population) -> None:
+        self.cfg = cfg
+        self.population = population
+        self.attackers = list(cfg.attackers) if not isinstance(cfg.attackers, int) else []
+        self.attacks: list[tuple[AttackSpec, MembershipAttack]] = []
+        for i, spec in enumerate(cfg.attacks):
+            entry = ATTACKS.get(spec.name, f"attacks.{i}.name")
+            self.attacks.append((spec, entry.obj(entry.parse_params(spec.params, f"attacks.{i}.params"))))
+        splits = population.splits
+        self._aux = population.train_pool(splits.auxiliary) if len(splits.auxiliary) else None
+        self._epochs_per_round = self._local_epochs_per_round()
+
+    def _local_epochs_per_round(self) -> float:
+        t = self.cfg.training
+        if t.local_steps is None:
+            return float(t.local_epochs or 1)
+        sizes = self.population.sample_counts()
+        return t.local_steps * t.batch_size / max(float(np.mean(sizes)), 1.0)
+
+    def _make_model(self) -> nn.Module:
+        model = copy.deepcopy(self.population.template())
+        flatten_into_views(model)
+        return model
+
+    def _model(self, state: torch.Tensor) -> nn.Module:
+        model = self._make_model()
+        load_flat(model, state)
+        model.eval()
+        return model
+
+    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor) -> list[Record]:
+        r = round_idx + 1
+        todo = [(spec, atk) for spec, atk in self.attacks if scheduled(spec, r, self.cfg.rounds)]
+        if not todo or not self.attackers:
+            return []
+        records: list[Record] = []
+        victim_models: dict[int, nn.Module] = {}
+
+        def victim_model(v: int) -> nn.Module:
+            if v not in victim_models:
+                victim_models[v] = self._model(shared[v])
+            return victim_models[v]
+
+        for a in self.attackers:
+            view = self._view(a, r, graph, shared, victim_model)
+            for spec, attack in todo:
+                targets = sorted(graph.neighbors(a)) if spec.targets == "neighbours" else list(spec.targets)
+                targets = [v for v in targets if v not in self.attackers]
+                if not targets:
+                    continue
+                attack.prepare(view)
+                for v in targets:
+                    records.append(self._attack_one(view, spec, attack, a, v, r, victim_model(v)))
+        return records
+
+    def _view(self, a: int, r: int, graph: nx.Graph, shared: torch.Tensor, victim_model: Any) -> AdversaryView:
+        pop = self.population
+        neighbours = sorted(graph.neighbors(a))
+        own = pop.train_pool(pop.splits.nodes[a].train)
+        aux = self._aux if self._aux is not None else Labelled(own.x[:0], own.y[:0])
+        return AdversaryView(
+            attacker=a, round=r, num_classes=pop.data.num_classes, recipe=self.cfg.training,
+            local_epochs_so_far=self._epochs_per_round * r, make_model=self._make_model, load_state=load_flat,
+            own=Labelled(own.x, own.y), auxiliary=Labelled(aux.x, aux.y),
+            received={j: shared[j].clone() for j in neighbours},
+            query={j: (lambda x, j=j: probabilities(victim_model(j), x)) for j in neighbours},
+            seed=self.cfg.seed,
+        )
+
+    def evaluation_set(self, attacker: int, victim: int, samples: int, r: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Indices of members (victim's train) and as many non-members; ``True`` if the non-members come from the test split."""
+        splits = self.population.splits
+        rng = np.random.default_rng([self.cfg.seed, 21, r, attacker, victim])
+        train = splits.nodes[victim].train
+        pool = np.concatenate([n.holdout for i, n in enumerate(splits.nodes) if i != attacker])
+        k = min(samples, len(train), max(len(pool), len(splits.test)))
+        members = np.sort(rng.choice(train, k, replace=False))
+        if len(pool) >= k:
+            return members, np.sort(rng.choice(pool, k, replace=False)), False
+        return members, np.sort(rng.choice(splits.test, k, replace=False)), True
+
+    def _attack_one(self, view: AdversaryView, spec: AttackSpec, attack: MembershipAttack, a: int, v: int, r: int,
+                    model: nn.Module) -> Record:
+        pop = self.population
+        members, non_members, from_test = self.evaluation_set(a, v, spec.samples, r)
+        ins = pop.train_pool(members)
+        outs = (pop._split(pop.data.x_test, pop.data.y_test, non_members) if from_test
+                else pop.train_pool(non_members))
+        data = Labelled(torch.cat([ins.x, outs.x]), torch.cat([ins.y, outs.y]))
+        truth = np.r_[np.ones(len(members), bool), np.zeros(len(non_members), bool)]
+        outputs = view.query[v] if spec.access == "query" else (lambda x: probabilities(view.victim_model(v), x))
+        result = attack.score(view, outputs, data)
+        metrics = mia_metrics(result.scores, truth, result.predicted)
+        p = probabilities(model, data.x)
+        correct = (p.argmax(1) == data.y).numpy()
+        train_acc, holdout_acc = float(correct[truth].mean()), float(correct[~truth].mean())
+        from sklearn.metrics import roc_curve
+
+        fpr, tpr, _ = roc_curve(truth, result.scores)
+        return {
+            "round": r, "node": v, "kind": "mia", "attacker": a, "attack": spec.name, "access": spec.access,
+            **metrics,
+            "victim_train_acc": train_acc, "victim_holdout_acc": holdout_acc, "victim_gap": train_acc - holdout_acc,
+            "non_members_from": "test" if from_test else "holdout",
+            "roc_tpr": [round(float(np.interp(x, fpr, tpr)), 5) for x in ROC_POINTS],
+            **({"threshold": result.info["threshold"]} if "threshold" in result.info else {}),
+        }

@@ -1,0 +1,114 @@
+"""Membership inference end to end: attackers, schedules, scores against the truth, outputs, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attacks.base import Labelled
+from attacks.correctness import Correctness
+from attacks.metric import modified_entropy
+from dfl import api
+from dfl.adversary import scheduled
+from dfl.cli import main
+from dfl.config import AttackSpec, parse_config
+from dfl.privacy import decision_metrics
+from dfl.rundir import RunDir
+
+
+def _with_attacks(tiny, *attacks, aux=0.2):
+    tiny["data"]["auxiliary_fraction"] = aux
+    tiny["attacks"] = list(attacks)
+    return tiny
+
+
+def test_correctness_accuracy_is_the_gap_attack_exactly():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    train = Labelled(torch.randn(200, 5), torch.randint(0, 3, (200,)))
+    test = Labelled(torch.randn(200, 5), torch.randint(0, 3, (200,)))
+
+    def outputs(x):
+        return torch.softmax(model(x), 1).detach()
+
+    def acc(d):
+        return float((outputs(d.x).argmax(1) == d.y).double().mean())
+
+    data = Labelled(torch.cat([train.x, test.x]), torch.cat([train.y, test.y]))
+    res = Correctness(None).score(None, outputs, data)  # type: ignore[arg-type]
+    truth = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    assert decision_metrics(res.predicted, truth)["accuracy"] == pytest.approx(0.5 * (acc(train) + 1 - acc(test)), abs=1e-12)
+
+
+def test_modified_entropy_matches_its_formula():
+    p = torch.softmax(torch.randn(50, 4), 1)
+    y = torch.randint(0, 4, (50,))
+    q = p.double().numpy()
+    ref = []
+    for i in range(50):
+        py = q[i, y[i]]
+        m = -(1 - py) * np.log(py) - sum(q[i, k] * np.log(1 - q[i, k]) for k in range(4) if k != y[i])
+        ref.append(-m)
+    assert np.allclose(modified_entropy(p, y).numpy(), ref)
+
+
+def test_schedule():
+    assert scheduled(AttackSpec(name="loss"), 5, 5) and not scheduled(AttackSpec(name="loss"), 4, 5)
+    assert [r for r in range(1, 7) if scheduled(AttackSpec(name="loss", every=2), r, 7)] == [2, 4, 6]
+    assert [r for r in range(1, 7) if scheduled(AttackSpec(name="loss", rounds=[1, 3]), r, 6)] == [1, 3]
+
+
+def test_attacks_run_against_neighbours_and_are_scored(tiny, write_cfg):
+    tiny = _with_attacks(tiny, {"name": "loss", "every": 2}, {"name": "correctness", "access": "params"},
+                         {"name": "modified_entropy", "params": {"per_class": True}})
+    tiny["output"]["plots"] = True
+    res = api.run(write_cfg(tiny))
+    mia = [r for r in RunDir(res.run_dir).records() if r["kind"] == "mia"]
+    # attacker 1 on a 4-node ring attacks nodes 0 and 2: loss in rounds 2 and 3, the others in round 3
+    assert sorted((r["round"], r["attack"], r["node"]) for r in mia) == sorted(
+        [(2, "loss", 0), (2, "loss", 2), (3, "loss", 0), (3, "loss", 2), (3, "correctness", 0), (3, "correctness", 2),
+         (3, "modified_entropy", 0), (3, "modified_entropy", 2)])
+    for r in mia:
+        assert r["attacker"] == 1 and r["members"] == r["non_members"] > 0
+        assert 0 <= r["auc"] <= 1 and 0 <= r["accuracy"] <= 1 and r["baseline_f1"] == pytest.approx(2 / 3)
+        assert r["victim_gap"] == pytest.approx(r["victim_train_acc"] - r["victim_holdout_acc"])
+    assert (res.run_dir / "tables/mia.csv").is_file() and (res.run_dir / "plots/roc.png").is_file()
+    assert "## Membership inference" in (res.run_dir / "report.md").read_text()
+    assert "loss_auc" in res.summary["mia"] and "correctness_params_accuracy" in res.summary["mia"]
+    again = api.run(write_cfg(tiny))
+    assert (again.run_dir / "metrics.jsonl").read_bytes() == (res.run_dir / "metrics.jsonl").read_bytes()
+
+
+def test_overfit_victims_leak_membership(tiny, write_cfg):
+    """Few noisy samples per node and many local epochs: the loss attack separates members."""
+    tiny["data"]["dataset"]["params"].update(noise=1.2, train_size=600)
+    tiny["training"]["local_epochs"] = 10
+    tiny["rounds"] = 3
+    tiny = _with_attacks(tiny, {"name": "loss"}, {"name": "confidence"}, aux=0.3)
+    res = api.run(write_cfg(tiny))
+    s = res.summary["mia"]
+    assert s["loss_victim_gap"] > 0.2
+    assert s["loss_auc"] > 0.65 and s["confidence_auc"] > 0.65
+    assert s["loss_accuracy"] > 0.55
+
+
+@pytest.mark.parametrize(("patch", "needle"), [
+    ({"attacks": [{"name": "loss"}]}, "data.auxiliary_fraction is 0"),
+    ({"attacks": [{"name": "shadow_magic"}]}, "unknown attack 'shadow_magic'"),
+    ({"attacks": [{"name": "correctness"}], "attackers": []}, "no node is an attacker"),
+    ({"attacks": [{"name": "correctness"}], "nodes": 5, "attackers": [4], "topology": {
+        "name": "edges", "params": {"edges": [[0, 1], [1, 2], [2, 3]]}, "allow_disconnected": True}}, "no neighbours"),
+    ({"attacks": [{"name": "correctness", "rounds": [9]}]}, "round 9 does not exist"),
+])
+def test_bad_attack_config_exits_2(tiny, write_cfg, capsys, patch, needle):
+    tiny.update(patch)
+    assert main(["validate", str(write_cfg(tiny))]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_attacker_count_is_placed_by_seed(tiny):
+    tiny["attackers"] = 2
+    a = parse_config(tiny).attackers
+    assert len(a) == 2 and a == parse_config(tiny).attackers and all(0 <= i < 4 for i in a)
