@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import torch
+
 from attacks.metric import MetricAttack, MetricParams, confidence
 from dfl.registries import ATTACKS
 
 
 @ATTACKS.register("confidence", params=MetricParams)
 class Confidence(MetricAttack):
-    """the victim's probability of the true label, thresholded (Song & Mittal 2021)."""
+    """The victim's probability of the true label, thresholded (Song & Mittal 2021)."""
 
-    signal = staticmethod(confidence)
+    def signal(self, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return confidence(p, y)

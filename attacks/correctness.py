@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
 from attacks.metric import MetricAttack, correctness
@@ -24,7 +25,8 @@ class Correctness(MetricAttack):
 
     needs_auxiliary: ClassVar[bool] = False
     calibrated: ClassVar[bool] = False
-    signal = staticmethod(correctness)
+    def signal(self, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return correctness(p, y)
 
     def prepare(self, view: object) -> None:
         return None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import torch
+
 from attacks.metric import MetricAttack, MetricParams, entropy
 from dfl.registries import ATTACKS
 
 
 @ATTACKS.register("entropy", params=MetricParams)
 class Entropy(MetricAttack):
-    """the entropy of the victim's prediction, thresholded: members get sharper predictions (Song & Mittal 2021)."""
+    """The entropy of the victim's prediction, thresholded: members get sharper predictions (Song & Mittal 2021)."""
 
-    signal = staticmethod(entropy)
+    def signal(self, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return entropy(p, y)

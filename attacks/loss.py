@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import torch
+
 from attacks.metric import MetricAttack, MetricParams, loss
 from dfl.registries import ATTACKS
 
 
 @ATTACKS.register("loss", params=MetricParams)
 class Loss(MetricAttack):
-    """the victim's cross-entropy loss on (x, y), thresholded (Yeom et al. 2018; Song & Mittal 2021)."""
+    """The victim's cross-entropy loss on (x, y), thresholded (Yeom et al. 2018; Song & Mittal 2021)."""
 
-    signal = staticmethod(loss)
+    def signal(self, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss(p, y)

@@ -8,7 +8,6 @@ members and non-members; the attack then calls a sample a member when its signal
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -28,9 +27,6 @@ class MetricParams(BaseModel):
     shadow_size: int | None = Field(None, gt=0, description="members per shadow model (default: own train size)")
     shadow_epochs: float | None = Field(None, gt=0, description="default: a victim's local epochs so far")
     per_class: bool = Field(False, description="one threshold per class instead of a global one")
-
-
-Signal = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def correctness(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -72,8 +68,12 @@ def top1(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class MetricAttack(MembershipAttack):
     """A signal of the victim's output and a shadow-calibrated threshold."""
 
-    signal: ClassVar[Signal]
+    params: MetricParams
     calibrated: ClassVar[bool] = True
+
+    def signal(self, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The membership signal of probabilities ``p: (B, K)`` and labels ``y: (B,)`` (higher = member)."""
+        raise NotImplementedError
 
     def prepare(self, view: AdversaryView) -> None:
         p = self.params
@@ -82,8 +82,8 @@ class MetricAttack(MembershipAttack):
             return
         ins, outs, labels = [], [], []
         for sh in shadow_models(view, p.shadow_models, p.shadow_size, p.shadow_epochs):
-            ins.append(type(self).signal(probabilities(sh.model, sh.inside.x), sh.inside.y).numpy())
-            outs.append(type(self).signal(probabilities(sh.model, sh.outside.x), sh.outside.y).numpy())
+            ins.append(self.signal(probabilities(sh.model, sh.inside.x), sh.inside.y).numpy())
+            outs.append(self.signal(probabilities(sh.model, sh.outside.x), sh.outside.y).numpy())
             labels += [sh.inside.y.numpy(), sh.outside.y.numpy()]
         scores, truth = stack(np.concatenate(ins), np.concatenate(outs))
         lab = np.concatenate([*labels[0::2], *labels[1::2]])  # the order of `scores`: members, then non-members
@@ -92,7 +92,7 @@ class MetricAttack(MembershipAttack):
         self._key = key
 
     def score(self, view: AdversaryView, outputs: Outputs, data: Labelled) -> AttackResult:
-        s = type(self).signal(outputs(data.x), data.y).numpy()
+        s = self.signal(outputs(data.x), data.y).numpy()
         if not type(self).calibrated:
             return AttackResult(s, s >= 0.5)
         th = view.cache[self._key]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from attacks.metric import MetricAttack, MetricParams, modified_entropy
 from dfl.registries import ATTACKS
 
@@ -10,4 +12,5 @@ from dfl.registries import ATTACKS
 class ModifiedEntropy(MetricAttack):
     """Song & Mittal's modified entropy, which uses the label: -(1-p_y) log p_y - sum_{i!=y} p_i log(1-p_i), thresholded."""
 
-    signal = staticmethod(modified_entropy)
+    def signal(self, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return modified_entropy(p, y)

@@ -8,6 +8,8 @@ top-one logit only for a fixed log-sum-exp; the threshold search is the same). N
 
 from __future__ import annotations
 
+import torch
+
 from attacks.metric import MetricAttack, MetricParams, top1
 from dfl.registries import ATTACKS
 
@@ -16,4 +18,5 @@ from dfl.registries import ATTACKS
 class Top1Threshold(MetricAttack):
     """Member iff the victim's top-one confidence reaches a shadow-calibrated global threshold."""
 
-    signal = staticmethod(top1)
+    def signal(self, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return top1(p, y)

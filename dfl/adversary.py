@@ -40,13 +40,22 @@ def scheduled(spec: AttackSpec, round_no: int, rounds: int) -> bool:
     return round_no == rounds
 
 
+def _query_api(victim_model: Any, j: int) -> Any:
+    """Node ``j``'s black-box prediction API: probabilities of its current model."""
+
+    def query(x: torch.Tensor) -> torch.Tensor:
+        return probabilities(victim_model(j), x)
+
+    return query
+
+
 class Adversary:
     """Runs the configured attacks of every attacker (a ``Federation`` observer)."""
 
     def __init__(self, cfg: ExperimentConfig, population: Population) -> None:
         self.cfg = cfg
         self.population = population
-        self.attackers = list(cfg.attackers) if not isinstance(cfg.attackers, int) else []
+        self.attackers = cfg.attacker_ids
         self.attacks: list[tuple[AttackSpec, MembershipAttack]] = []
         for i, spec in enumerate(cfg.attacks):
             entry = ATTACKS.get(spec.name, f"attacks.{i}.name")
@@ -108,7 +117,7 @@ class Adversary:
             local_epochs_so_far=self._epochs_per_round * r, make_model=self._make_model, load_state=load_flat,
             own=Labelled(own.x, own.y), auxiliary=Labelled(aux.x, aux.y),
             received={j: shared[j].clone() for j in neighbours},
-            query={j: (lambda x, j=j: probabilities(victim_model(j), x)) for j in neighbours},
+            query={j: _query_api(victim_model, j) for j in neighbours},
             seed=self.cfg.seed,
         )
 

@@ -127,7 +127,7 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
                 engine.restore(snaps)
             elif cfg.output.checkpoint_every:
                 rundir.save_checkpoint(0, engine.snapshot())  # a fault in round 1 rolls back to here
-            observers = []
+            observers: list[Any] = []
             if cfg.attacks:
                 from dfl.adversary import Adversary
 

@@ -142,6 +142,11 @@ class ExperimentConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @property
+    def attacker_ids(self) -> list[int]:
+        """The attacker node ids (a count in the file is placed into ids when the config is parsed)."""
+        return [] if isinstance(self.attackers, int) else list(self.attackers)
+
 
 # --------------------------------------------------------------------------------------------- loading
 
@@ -274,7 +279,7 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     """Checks that span fields: attacker ids, graph shape and connectivity."""
     errors: list[tuple[str, str]] = []
     seen: set[int] = set()
-    for i, a in enumerate(cfg.attackers):
+    for i, a in enumerate(cfg.attacker_ids):
         if not 0 <= a < cfg.nodes:
             errors.append((f"attackers.{i}", f"node id {a} is out of range; ids run from 0 to {cfg.nodes - 1} (nodes={cfg.nodes})"))
         if a in seen:
@@ -301,7 +306,7 @@ def attack_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     from dfl.topology import base_graph
 
     errors: list[tuple[str, str]] = []
-    attackers = list(cfg.attackers) if not isinstance(cfg.attackers, int) else []
+    attackers = cfg.attacker_ids
     if not attackers:
         return [("attackers", f"{len(cfg.attacks)} attack(s) are configured but no node is an attacker; "
                               "list attacker node ids (attackers: [0]) or a count (attackers: 1)")]

@@ -32,7 +32,7 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
     """Final per-node and aggregate metrics (mean/std/min/max over honest nodes and all nodes)."""
     last, finals = final_evals(records)
     rounds = [r for r in records if r["kind"] == "round"]
-    attackers = set(cfg.attackers)
+    attackers = set(cfg.attacker_ids)
     keys = [k for k in (finals[0] if finals else {}) if k not in ("round", "node", "kind")]
     agg: dict[str, float] = {}
     for k in keys:
@@ -130,7 +130,7 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
     import matplotlib.pyplot as plt
 
     made = []
-    attackers = set(cfg.attackers)
+    attackers = set(cfg.attacker_ids)
     evals = [r for r in records if r["kind"] == "eval"]
     metric = "test_acc" if evals and "test_acc" in evals[0] else next(
         (k for k in (evals[0] if evals else {}) if k.endswith("_acc")), None)
@@ -232,7 +232,7 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
         f"seed {cfg.seed}, "
         + ("FedAvg through Flower's simulation engine (server-based baseline)."
            if cfg.topology.name == "centralized" else f"engine `{cfg.engine.name}`.")
-        + (f" Attackers: {', '.join(map(str, cfg.attackers))}." if cfg.attackers else ""),
+        + (f" Attackers: {', '.join(map(str, cfg.attacker_ids))}." if cfg.attackers else ""),
         "",
         f"## Final metrics (round {summary['final_round']})",
         "",
