@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
-from attacks import confidence, correctness, entropy, loss, modified_entropy, top1_threshold
+from attacks import (
+    confidence,
+    correctness,
+    entropy,
+    label_only,
+    lira_offline,
+    loss,
+    modified_entropy,
+    shadow_model,
+    top1_threshold,
+)
 
-__all__ = ["confidence", "correctness", "entropy", "loss", "modified_entropy", "top1_threshold"]
+__all__ = ["confidence", "correctness", "entropy", "label_only", "lira_offline", "loss", "modified_entropy",
+           "shadow_model", "top1_threshold"]

@@ -75,9 +75,12 @@ class MetricAttack(MembershipAttack):
         """The membership signal of probabilities ``p: (B, K)`` and labels ``y: (B,)`` (higher = member)."""
         raise NotImplementedError
 
+    def _key(self) -> str:
+        return f"thresholds:{type(self).__name__}:{self.params.model_dump_json()}"
+
     def prepare(self, view: AdversaryView) -> None:
         p = self.params
-        key = f"thresholds:{type(self).__name__}:{p.model_dump_json()}"
+        key = self._key()
         if key in view.cache:
             return
         ins, outs, labels = [], [], []
@@ -89,13 +92,12 @@ class MetricAttack(MembershipAttack):
         lab = np.concatenate([*labels[0::2], *labels[1::2]])  # the order of `scores`: members, then non-members
         view.cache[key] = (per_class_thresholds(scores, truth, lab, view.num_classes) if p.per_class
                            else best_threshold(scores, truth))
-        self._key = key
 
     def score(self, view: AdversaryView, outputs: Outputs, data: Labelled) -> AttackResult:
         s = self.signal(outputs(data.x), data.y).numpy()
         if not type(self).calibrated:
             return AttackResult(s, s >= 0.5)
-        th = view.cache[self._key]
+        th = view.cache[self._key()]
         limit = th[data.y.numpy()] if self.params.per_class else th
         info = {"threshold": float(th) if not self.params.per_class else [float(t) for t in th]}
         return AttackResult(s, s >= limit, info)

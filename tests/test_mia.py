@@ -112,3 +112,13 @@ def test_attacker_count_is_placed_by_seed(tiny):
     tiny["attackers"] = 2
     a = parse_config(tiny).attackers
     assert len(a) == 2 and a == parse_config(tiny).attackers and all(0 <= i < 4 for i in a)
+
+
+def test_the_same_attack_twice_with_both_accesses(tiny, write_cfg):
+    tiny = _with_attacks(tiny, {"name": "loss"}, {"name": "loss", "access": "params"})
+    res = api.run(write_cfg(tiny))
+    mia = [r for r in RunDir(res.run_dir).records() if r["kind"] == "mia"]
+    assert sorted(r["access"] for r in mia) == ["params", "params", "query", "query"]
+    # without query-time defenses the two accesses see the same outputs
+    q = {r["node"]: r["auc"] for r in mia if r["access"] == "query"}
+    assert all(r["auc"] == q[r["node"]] for r in mia if r["access"] == "params")
