@@ -122,3 +122,11 @@ def test_the_same_attack_twice_with_both_accesses(tiny, write_cfg):
     # without query-time defenses the two accesses see the same outputs
     q = {r["node"]: r["auc"] for r in mia if r["access"] == "query"}
     assert all(r["auc"] == q[r["node"]] for r in mia if r["access"] == "params")
+
+
+def test_compare_table_has_attack_metrics(tiny, write_cfg, tmp_path):
+    tiny = _with_attacks(tiny, {"name": "loss"})
+    tiny["rounds"] = 2
+    res = api.compare(write_cfg(tiny), ["topology.name=ring,fully_connected"], out_dir=tmp_path / "cmp")
+    assert all("mia_loss_auc" in row and "mia_loss_victim_gap" in row for row in res.rows)
+    assert "mia_loss_auc" in (res.out_dir / "comparison.md").read_text()
