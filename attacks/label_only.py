@@ -24,25 +24,21 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs
-from attacks.shadow import probabilities, shadow_models, stack
+from attacks.shadow import ShadowParams, probabilities, shadow_models, stack
 from dfl.privacy import best_threshold
 from dfl.registries import ATTACKS
 
 Labeller = Callable[[torch.Tensor], torch.Tensor]  # images (B, C, H, W) -> predicted labels (B,)
 
 
-class LabelOnlyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LabelOnlyParams(ShadowParams):
     translations: int = Field(1, ge=0, description="largest shift in pixels, |dy| + |dx| <= translations")
     flips: bool = Field(True, description="also query each translation flipped horizontally")
     noise_std: float = Field(0.0, ge=0.0, description="std of the gaussian noise queries (normalised units)")
     noise_draws: int = Field(0, ge=0, description="noisy copies of each sample queried")
-    shadow_models: int = Field(2, gt=0, description="shadow models for calibration")
-    shadow_size: int | None = Field(None, gt=0, description="members per shadow model (default: own train size)")
-    shadow_epochs: float | None = Field(None, gt=0, description="default: a victim's local epochs so far")
 
     @model_validator(mode="after")
     def _noise_both_or_neither(self) -> LabelOnlyParams:

@@ -26,22 +26,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.special import log_ndtr
 
 from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs
-from attacks.shadow import probabilities, shadow_models
+from attacks.shadow import ShadowParams, probabilities, shadow_models
 from dfl.registries import ATTACKS
 
 EPS = 1e-30
 MIN_SIGMA = 1e-6  # OUT models that agree exactly (saturated confidences) must not divide by zero
 
 
-class LiraOfflineParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LiraOfflineParams(ShadowParams):
     shadow_models: int = Field(4, ge=2, description="OUT shadow models (at least 2 for a variance)")
-    shadow_size: int | None = Field(None, gt=0, description="training samples per shadow model (default: own train size)")
-    shadow_epochs: float | None = Field(None, gt=0, description="default: a victim's local epochs so far")
     global_variance: bool = Field(True, description="one sigma pooled over all targets (offline LiRA) or per target")
     augment: bool = Field(False, description="also query the horizontal flip and average the two tests")
 

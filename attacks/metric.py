@@ -12,20 +12,16 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs
-from attacks.shadow import probabilities, shadow_models, stack
+from attacks.shadow import ShadowParams, probabilities, shadow_models, stack
 from dfl.privacy import best_threshold, per_class_thresholds
 
 EPS = 1e-30
 
 
-class MetricParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    shadow_models: int = Field(2, gt=0, description="shadow models for calibration")
-    shadow_size: int | None = Field(None, gt=0, description="members per shadow model (default: own train size)")
-    shadow_epochs: float | None = Field(None, gt=0, description="default: a victim's local epochs so far")
+class MetricParams(ShadowParams):
     per_class: bool = Field(False, description="one threshold per class instead of a global one")
 
 

@@ -14,9 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from attacks.base import AdversaryView, Labelled
+
+
+class ShadowParams(BaseModel):
+    """How an attack trains its shadow models (shared by every shadow-calibrated attack)."""
+
+    model_config = ConfigDict(extra="forbid")
+    shadow_models: int = Field(2, gt=0, description="shadow models")
+    shadow_size: int | None = Field(None, gt=0, description="members per shadow model (default: own train size)")
+    shadow_epochs: float | None = Field(None, gt=0, description="default: a victim's local epochs so far")
 
 
 @dataclass

@@ -21,21 +21,18 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
 from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs
-from attacks.shadow import probabilities, shadow_models
+from attacks.shadow import ShadowParams, probabilities, shadow_models
 from dfl.registries import ATTACKS
 
 
-class ShadowModelParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ShadowModelParams(ShadowParams):
     shadow_models: int = Field(1, gt=0, description="shadow models (Salem A1: one)")
-    shadow_size: int | None = Field(None, gt=0, description="members per shadow model (default: own train size)")
-    shadow_epochs: float | None = Field(None, gt=0, description="default: a victim's local epochs so far")
     top_k: int = Field(3, gt=0, description="largest probabilities used as features (capped by the classes)")
     classifier: Literal["mlp", "logistic"] = Field("mlp", description="attack model: MLP (64 hidden) or logistic")
 
