@@ -176,6 +176,16 @@ def _summary_table(console: Console, summary: dict[str, Any]) -> None:
                 m = k[5:]
                 table.add_row(m, *[f"{final[f'{s}_{m}']:.4f}" for s in ("mean", "std", "min", "max")])
     Console().print(table)
+    mia = summary.get("mia", {})
+    if mia:
+        attacks = sorted({k[: -len("_auc")] for k in mia if k.endswith("_auc")})
+        t = Table(title="membership inference (mean over victims, last attacked round)")
+        for col in ("attack", "AUC", "accuracy", "TPR@1%FPR", "advantage", "victims' gap"):
+            t.add_column(col, justify="right")
+        for a in attacks:
+            t.add_row(a, *[f"{mia[f'{a}_{m}']:.3f}" if f"{a}_{m}" in mia else "-"
+                           for m in ("auc", "accuracy", "tpr_at_1_fpr", "advantage", "victim_gap")])
+        Console().print(t)
     if "generalization_gap" in final:
         Console().print(f"generalisation gap {final['generalization_gap']:.4f}, "
                         f"consensus distance {final.get('consensus_distance', float('nan')):.4g}", highlight=False)
