@@ -130,3 +130,29 @@ def test_compare_table_has_attack_metrics(tiny, write_cfg, tmp_path):
     res = api.compare(write_cfg(tiny), ["topology.name=ring,fully_connected"], out_dir=tmp_path / "cmp")
     assert all("mia_loss_auc" in row and "mia_loss_victim_gap" in row for row in res.rows)
     assert "mia_loss_auc" in (res.out_dir / "comparison.md").read_text()
+
+
+def test_null_test_on_a_trained_model():
+    """Loss scores of two disjoint sets of non-members, one called 'members': AUC 0.5 +- 0.03."""
+    from attacks.metric import loss
+    from dfl.privacy import mia_metrics
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 20, generator=g)
+    y = torch.randint(0, 4, (4400,), generator=g)
+    x = centres[y] + 3.0 * torch.randn(4400, 20, generator=g)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 128), torch.nn.ReLU(), torch.nn.Linear(128, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(500):  # overfit the first 400 samples
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[:400]), y[:400]).backward()
+        opt.step()
+    with torch.no_grad():
+        p = torch.softmax(model(x[400:]), 1)
+    s = loss(p, y[400:]).numpy()
+    fake = np.r_[np.ones(2000, bool), np.zeros(2000, bool)]
+    assert abs(mia_metrics(s, fake)["auc"] - 0.5) <= 0.03
+    with torch.no_grad():  # and the same signal does separate the real members
+        real = loss(torch.softmax(model(x[:400]), 1), y[:400]).numpy()
+    assert mia_metrics(np.r_[real, s[:400]], np.r_[np.ones(400, bool), np.zeros(400, bool)])["auc"] > 0.6
