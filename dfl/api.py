@@ -233,6 +233,14 @@ def parse_over(text: str) -> tuple[str, list[Any]]:
     return key, values
 
 
+MIA_HEADLINE = ("_auc", "_accuracy", "_tpr_at_1_fpr", "_victim_gap")
+
+
+def is_headline_mia(metric: str) -> bool:
+    """The attack metrics shown in comparison tables (every metric is in comparison.csv)."""
+    return metric.startswith("mia_") and metric.endswith(MIA_HEADLINE) and not metric.endswith("oracle_accuracy")
+
+
 @dataclass
 class CompareResult:
     out_dir: Path
@@ -318,7 +326,7 @@ def _write_comparison(out: Path, axes: list[tuple[str, list[Any]]], rows: list[d
         w.writeheader()
         w.writerows(rows)
     keys = [k for k, _ in axes]
-    metrics = [m for m in rows[0] if not m.endswith("_std") and (m in COMPARE_METRICS or m.startswith("mia_"))]
+    metrics = [m for m in rows[0] if not m.endswith("_std") and (m in COMPARE_METRICS or is_headline_mia(m))]
     lines = ["# Comparison", "", f"Mean ± std over {rows[0]['seeds']} seed(s) of each run's final metrics.", "",
              "| " + " | ".join(keys + metrics) + " |", "|" + "---|" * (len(keys) + len(metrics))]
     for r in rows:
