@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs
-from attacks.shadow import ShadowParams, probabilities, shadow_models, stack
+from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs, probabilities
+from attacks.shadow import ShadowParams, shadow_models, stack
 from dfl.privacy import best_threshold
 from dfl.registries import ATTACKS
 

@@ -29,8 +29,8 @@ import torch
 from pydantic import Field
 from scipy.special import log_ndtr
 
-from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs
-from attacks.shadow import ShadowParams, probabilities, shadow_models
+from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs, probabilities
+from attacks.shadow import ShadowParams, shadow_models
 from dfl.registries import ATTACKS
 
 EPS = 1e-30

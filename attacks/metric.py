@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs
-from attacks.shadow import ShadowParams, probabilities, shadow_models, stack
+from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs, probabilities
+from attacks.shadow import ShadowParams, shadow_models, stack
 from dfl.privacy import best_threshold, per_class_thresholds
 
 EPS = 1e-30

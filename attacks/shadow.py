@@ -84,13 +84,6 @@ def shadow_models(view: AdversaryView, k: int, size: int | None, epochs: float |
     return out
 
 
-@torch.no_grad()
-def probabilities(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """Softmax outputs ``(N, num_classes)`` of ``model`` in evaluation mode."""
-    model.eval()
-    return torch.cat([torch.softmax(model(xb), dim=1) for xb in x.split(batch)]) if len(x) else torch.empty(0)
-
-
 def stack(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores of members then non-members, and the matching truth vector."""
     return np.concatenate([a, b]), np.concatenate([np.ones(len(a), bool), np.zeros(len(b), bool)])

@@ -26,8 +26,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
-from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs
-from attacks.shadow import ShadowParams, probabilities, shadow_models
+from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs, probabilities
+from attacks.shadow import ShadowParams, shadow_models
 from dfl.registries import ATTACKS
 
 

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.base import AdversaryView, Labelled, MembershipAttack
-from attacks.shadow import probabilities
 from dfl.config import AttackSpec, ExperimentConfig
 from dfl.participant import flatten_into_views, load_flat
 from dfl.population import Population
 from dfl.privacy import mia_metrics
+from dfl.query import defended_query
 from dfl.registries import ATTACKS
+from dfl.seeding import QUERY, torch_generator
+from dfl.threat import AdversaryView, Labelled, MembershipAttack, probabilities
 
 Record = dict[str, Any]
 ROC_POINTS = np.r_[0.0, np.logspace(-3, 0, 40)]  # FPR grid the ROC curve is stored on
@@ -40,11 +41,11 @@ def scheduled(spec: AttackSpec, round_no: int, rounds: int) -> bool:
     return round_no == rounds
 
 
-def _query_api(victim_model: Any, j: int) -> Any:
-    """Node ``j``'s black-box prediction API: probabilities of its current model."""
+def _query_api(victim_model: Any, j: int, chain: list[Any], g: torch.Generator) -> Any:
+    """Node ``j``'s black-box prediction API: its current model behind its query-time defenses."""
 
     def query(x: torch.Tensor) -> torch.Tensor:
-        return probabilities(victim_model(j), x)
+        return defended_query(victim_model(j), x, chain, g)
 
     return query
 
@@ -63,6 +64,7 @@ class Adversary:
         splits = population.splits
         self._aux = population.train_pool(splits.auxiliary) if len(splits.auxiliary) else None
         self._epochs_per_round = self._local_epochs_per_round()
+        self._chains = {i: population.query_defenses(i) for i in range(cfg.nodes)}
 
     def _local_epochs_per_round(self) -> float:
         t = self.cfg.training
@@ -117,7 +119,8 @@ class Adversary:
             local_epochs_so_far=self._epochs_per_round * r, make_model=self._make_model, load_state=load_flat,
             own=Labelled(own.x, own.y), auxiliary=Labelled(aux.x, aux.y),
             received={j: shared[j].clone() for j in neighbours},
-            query={j: _query_api(victim_model, j) for j in neighbours},
+            query={j: _query_api(victim_model, j, self._chains[j],
+                                 torch_generator(self.cfg.seed, QUERY, j, r, a + 1)) for j in neighbours},
             seed=self.cfg.seed,
         )
 

@@ -92,6 +92,14 @@ class AttackSpec(Strict):
         return self
 
 
+class DefenseSpec(Strict):
+    """A defense and the nodes that run it (default: every node that is not an attacker)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    nodes: Literal["honest", "all"] | list[int] = "honest"
+
+
 class EvalConfig(Strict):
     every: int = Field(1, gt=0)
     splits: list[SplitName] = Field(default_factory=lambda: list[SplitName](["train", "holdout", "test"]))
@@ -138,6 +146,7 @@ class ExperimentConfig(Strict):
     aggregator: Spec = Field(default_factory=lambda: Spec(name="neighbourhood_mean"))
     attackers: list[int] | int = Field(default_factory=list, description="node ids, or a count placed by a seeded rule")
     attacks: list[AttackSpec] = Field(default_factory=list, description="attacks every attacker runs")
+    defenses: list[DefenseSpec] = Field(default_factory=list, description="defenses, in the order they apply")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -255,7 +264,7 @@ def place_attackers(cfg: ExperimentConfig) -> list[tuple[str, str]]:
 def resolve_plugins(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     """Check each plugin spec against its registry and fill in its params' defaults, in place."""
     from dfl.plugins import load_plugins
-    from dfl.registries import AGGREGATORS, ATTACKS, DATASETS, MODELS, PARTITIONERS, TOPOLOGIES
+    from dfl.registries import AGGREGATORS, ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONERS, TOPOLOGIES
 
     load_plugins()
     errors: list[tuple[str, str]] = []
@@ -265,7 +274,8 @@ def resolve_plugins(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         ("model", cfg.model, MODELS),
         ("topology", cfg.topology, TOPOLOGIES),
         ("aggregator", cfg.aggregator, AGGREGATORS),
-    ] + [(f"attacks.{i}", a, ATTACKS) for i, a in enumerate(cfg.attacks)]
+    ] + [(f"attacks.{i}", a, ATTACKS) for i, a in enumerate(cfg.attacks)] + [
+        (f"defenses.{i}", d, DEFENSES) for i, d in enumerate(cfg.defenses)]
     for path, spec, registry in specs:
         try:
             entry = registry.get(spec.name, f"{path}.name")
@@ -297,7 +307,21 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         errors += centralized_errors(cfg)
     if not errors and cfg.attacks:
         errors += attack_checks(cfg)
+    for i, d in enumerate(cfg.defenses):
+        for j, n in enumerate(d.nodes if isinstance(d.nodes, list) else []):
+            if not 0 <= n < cfg.nodes:
+                errors.append((f"defenses.{i}.nodes.{j}", f"node id {n} is out of range; ids run from 0 to {cfg.nodes - 1}"))
     return errors
+
+
+def defended_nodes(cfg: ExperimentConfig, spec: DefenseSpec) -> list[int]:
+    """The node ids that run ``spec``: ``honest`` (every non-attacker), ``all``, or the listed ids."""
+    if spec.nodes == "all":
+        return list(range(cfg.nodes))
+    if spec.nodes == "honest":
+        attackers = set(cfg.attacker_ids)
+        return [i for i in range(cfg.nodes) if i not in attackers]
+    return sorted(set(spec.nodes))
 
 
 def attack_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from dfl.config import TrainingConfig
 from dfl.mixing import gossip_row
-from dfl.seeding import LOCAL_TRAIN, torch_generator
+from dfl.seeding import LOCAL_TRAIN, QUERY, torch_generator
 
 
 @dataclass
@@ -84,6 +84,7 @@ class Participant:
         eval_splits: dict[str, Split] | None = None,
         eval_batch_size: int = 1000,
         device: torch.device | str = "cpu",
+        query_defenses: list[Any] | None = None,
     ) -> None:
         self.node_id = node_id
         self.device = torch.device(device)
@@ -95,6 +96,8 @@ class Participant:
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.optimizer = self._make_optimizer()
+        self.query_defenses = query_defenses or []
+        self._queries = 0
 
     # ------------------------------------------------------------------ training
 
@@ -178,9 +181,15 @@ class Participant:
 
     @torch.no_grad()
     def query(self, images: torch.Tensor) -> torch.Tensor:
-        """The black-box prediction API: class probabilities ``(B, num_classes)`` for ``images``."""
-        self.model.eval()
-        return torch.softmax(self.model(images.to(self.device)), dim=1)
+        """The black-box prediction API: class probabilities ``(B, num_classes)`` through the query-time defenses.
+
+        Randomised defenses draw from a stream of ``(seed, node, query number)``.
+        """
+        from dfl.query import defended_query
+
+        self._queries += 1
+        g = torch_generator(self.seed, QUERY, self.node_id, self._queries)
+        return defended_query(self.model, images.to(self.device), self.query_defenses, g)
 
     # ------------------------------------------------------------------ checkpoints
 

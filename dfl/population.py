@@ -109,7 +109,27 @@ class Population:
             eval_splits=evals,
             eval_batch_size=self.cfg.eval.batch_size,
             device=self.device,
+            query_defenses=self.query_defenses(node_id),
         )
+
+    def query_defenses(self, node_id: int) -> list[Any]:
+        """Node ``node_id``'s query-time defenses, built from the config in the order it lists them."""
+        from dfl.config import defended_nodes
+        from dfl.registries import DEFENSES
+
+        if not self.cfg.defenses:
+            return []
+        from dfl.query import DefenseContext, QueryDefense
+
+        ctx = DefenseContext(node_id, self.cfg.seed, self.data.num_classes, self.mean, self.std)
+        chain = []
+        for i, spec in enumerate(self.cfg.defenses):
+            if node_id not in defended_nodes(self.cfg, spec):
+                continue
+            entry = DEFENSES.get(spec.name, f"defenses.{i}.name")
+            if isinstance(entry.obj, type) and issubclass(entry.obj, QueryDefense):
+                chain.append(entry.obj(entry.parse_params(spec.params, f"defenses.{i}.params"), ctx))
+        return chain
 
     def sample_counts(self) -> np.ndarray:
         """Train samples per node, ``(n_nodes,)``."""

@@ -13,6 +13,7 @@ import torch
 MODEL_INIT = 10
 LOCAL_TRAIN = 11
 EVAL_SUBSET = 12
+QUERY = 13
 
 
 def derive_seed(seed: int, *tags: int) -> int:
