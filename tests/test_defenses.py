@@ -1,0 +1,128 @@
+"""Query-time defenses: conformance over the registry, label preservation, and their effect on attacks."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dfl import api
+from dfl.plugins import load_plugins
+from dfl.query import DefenseContext, QueryDefense, defended_query
+from dfl.registries import DEFENSES
+from dfl.rundir import RunDir
+
+load_plugins()
+CTX = DefenseContext(node=0, seed=0, num_classes=5, mean=np.array([0.5]), std=np.array([0.25]))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+
+
+def _defense(name: str, **params) -> QueryDefense:
+    entry = DEFENSES.get(name)
+    return entry.obj(entry.parse_params(params), CTX)
+
+
+QUERY_DEFENSES = [e.name for e in DEFENSES if isinstance(e.obj, type) and issubclass(e.obj, QueryDefense)]
+
+
+@pytest.mark.parametrize("name", QUERY_DEFENSES)
+def test_conformance(name):
+    """Shapes, finite non-negative scores, no mutation of the input, same seed -> same output."""
+    x = torch.randn(12, 1, 4, 4)
+    before = x.clone()
+    d = _defense(name)
+    a = defended_query(_model(), x, [d], torch.Generator().manual_seed(1), batch=5)
+    b = defended_query(_model(), x, [d], torch.Generator().manual_seed(1), batch=5)
+    assert a.shape == (12, 5) and torch.isfinite(a).all() and (a >= 0).all()
+    assert torch.equal(x, before) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("params", [{"mode": "top_k", "k": 1}, {"mode": "top_k", "k": 3}, {"mode": "label_only"},
+                                    {"mode": "rounding", "decimals": 0}, {"mode": "rounding", "decimals": 1}])
+def test_masking_keeps_the_predicted_label(params):
+    torch.manual_seed(3)
+    p = torch.softmax(torch.randn(2000, 5) * 2, 1)
+    p[0] = torch.tensor([0.26, 0.24, 0.2, 0.15, 0.15])  # rounds to a tie at 1 decimal... and at 0 decimals
+    out = _defense("confidence_masking", **params).probabilities(p, torch.Generator())
+    assert torch.equal(out.argmax(1), p.argmax(1))
+    if params["mode"] == "top_k":
+        assert ((out > 0).sum(1) <= params["k"]).all()
+
+
+def test_confidence_regularization_bounds_the_top_confidence():
+    r, k = 1.0, 5
+    p = defended_query(_model(), torch.randn(100, 1, 4, 4) * 10, [_defense("confidence_regularization", r=r)],
+                       torch.Generator())
+    assert float(p.max()) <= math.exp(r) / (math.exp(r) + (k - 1) * math.exp(-r)) + 1e-6
+
+
+def test_perturbations_change_outputs_within_their_range():
+    x = torch.randn(50, 1, 4, 4)
+    model = _model()
+    clean = model(x).detach()
+    z = _defense("confidence_perturbation", r=0.5).logits(clean, torch.Generator().manual_seed(0))
+    assert 0 < float((z - clean).abs().max()) <= 0.5
+    xi = _defense("image_perturbation", r=0.1).images(x, torch.Generator().manual_seed(0))
+    assert 0 < float((xi - x).abs().max()) <= 0.1 / 0.25 + 1e-6  # pixel units / std
+
+
+def _mia(tiny, write_cfg, defenses, attacks):
+    tiny["data"]["dataset"]["params"].update(noise=1.2, train_size=600)
+    tiny["training"]["local_epochs"] = 10
+    tiny["data"]["auxiliary_fraction"] = 0.3
+    tiny["attacks"] = attacks
+    tiny["defenses"] = defenses
+    res = api.run(write_cfg(tiny))
+    recs = RunDir(res.run_dir).records()
+    return res.summary, recs
+
+
+def test_defenses_act_on_queries_only(tiny, write_cfg):
+    attacks = [{"name": "loss"}, {"name": "loss", "access": "params"}, {"name": "label_only"}]
+    base, base_recs = _mia(copy.deepcopy(tiny), write_cfg, [], attacks)
+    masked, masked_recs = _mia(copy.deepcopy(tiny), write_cfg, [{"name": "confidence_masking", "params": {"mode": "label_only"}}],
+                               attacks)
+    # the loss attack through the query API collapses to the correctness signal; white-box access is unaffected
+    assert masked["mia"]["loss_auc"] < base["mia"]["loss_auc"] - 0.05
+    assert masked["mia"]["loss_params_auc"] == base["mia"]["loss_params_auc"]
+    # a label-preserving defense leaves the label-only attack exactly where it was
+    assert masked["mia"]["label_only_auc"] == base["mia"]["label_only_auc"]
+    # training and utility are untouched: the same eval records
+    evals = [r for r in base_recs if r["kind"] == "eval"]
+    assert evals == [r for r in masked_recs if r["kind"] == "eval"]
+
+
+def test_participant_query_applies_its_defenses(tiny):
+    from dfl.config import parse_config
+    from dfl.population import Population
+
+    tiny["defenses"] = [{"name": "confidence_masking", "params": {"mode": "label_only"}, "nodes": [0]}]
+    pop = Population.from_config(parse_config(tiny))
+    x = pop.participant(0).data["train"].x[:10]
+    defended = pop.participant(0).query(x)
+    open_ = pop.participant(2).query(x)
+    assert set(defended.unique().tolist()) <= {0.0, 1.0}
+    assert not set(open_.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(defended.argmax(1), open_.argmax(1))  # same initial model, same labels
+
+
+@pytest.mark.parametrize(("defense", "needle"), [
+    ({"name": "tinfoil"}, "unknown defense 'tinfoil'"),
+    ({"name": "confidence_masking", "params": {"mode": "blur"}}, "defenses.0.params.mode"),
+    ({"name": "confidence_regularization", "nodes": [9]}, "defenses.0.nodes.0"),
+])
+def test_bad_defense_config_exits_2(tiny, write_cfg, capsys, defense, needle):
+    from dfl.cli import main
+
+    tiny["defenses"] = [defense]
+    assert main(["validate", str(write_cfg(tiny))]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
