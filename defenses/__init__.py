@@ -1,7 +1,22 @@
-"""dfl-sim plugin package: defenses, registered into ``dfl.registries.DEFENSES``."""
+"""dfl-sim plugin package: defenses, registered into ``dfl.registries.DEFENSES``.
+
+Query-time (``dfl.query.QueryDefense``): confidence_masking, confidence_regularization,
+confidence_perturbation, image_perturbation. Training-time (``dfl.query.TrainingDefense``): adamixup,
+mixup, label_smoothing, weight_penalty (L1/L2). Dropout is ``model.params.dropout``.
+"""
 
 from __future__ import annotations
 
-from defenses import confidence_masking, confidence_perturbation, confidence_regularization, image_perturbation
+from defenses import (
+    adamixup,
+    confidence_masking,
+    confidence_perturbation,
+    confidence_regularization,
+    image_perturbation,
+    label_smoothing,
+    mixup,
+    weight_penalty,
+)
 
-__all__ = ["confidence_masking", "confidence_perturbation", "confidence_regularization", "image_perturbation"]
+__all__ = ["adamixup", "confidence_masking", "confidence_perturbation", "confidence_regularization",
+           "image_perturbation", "label_smoothing", "mixup", "weight_penalty"]

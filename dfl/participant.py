@@ -19,7 +19,7 @@ from torch import nn
 
 from dfl.config import TrainingConfig
 from dfl.mixing import gossip_row
-from dfl.seeding import LOCAL_TRAIN, QUERY, torch_generator
+from dfl.seeding import LOCAL_TRAIN, QUERY, TRAIN_DEFENSE, torch_generator
 
 
 @dataclass
@@ -85,6 +85,8 @@ class Participant:
         eval_batch_size: int = 1000,
         device: torch.device | str = "cpu",
         query_defenses: list[Any] | None = None,
+        training_defenses: list[Any] | None = None,
+        total_rounds: int = 1,
     ) -> None:
         self.node_id = node_id
         self.device = torch.device(device)
@@ -97,6 +99,8 @@ class Participant:
         self.eval_batch_size = eval_batch_size
         self.optimizer = self._make_optimizer()
         self.query_defenses = query_defenses or []
+        self.training_defenses = training_defenses or []
+        self.total_rounds = total_rounds
         self._queries = 0
 
     # ------------------------------------------------------------------ training
@@ -139,15 +143,31 @@ class Participant:
         model.train()
         losses = []
         batches = self.batches(round_idx)
-        for idx in batches:
+        defenses = self.training_defenses
+        g = torch_generator(self.seed, TRAIN_DEFENSE, self.node_id, round_idx) if defenses else None
+        for step, idx in enumerate(batches):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
+            if defenses:
+                loss = self._defended_loss(data.x[idx], data.y[idx], (round_idx + step / len(batches)) / self.total_rounds, g)
+            else:
+                loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
             loss.backward()
             opt.step()
             losses.append(loss.detach())
         opt.zero_grad(set_to_none=True)
         mean = float(torch.stack(losses).mean()) if losses else 0.0
         return {"loss": mean, "steps": float(len(batches))}
+
+    def _defended_loss(self, x: torch.Tensor, target: torch.Tensor, progress: float, g: Any) -> torch.Tensor:
+        """Cross-entropy on the batch as the training-time defenses rewrite it, plus their penalties."""
+        for d in self.training_defenses:
+            x, target = d.batch(x, target, progress, g)
+        loss = F.cross_entropy(self.model(x), target)
+        for d in self.training_defenses:
+            extra = d.penalty(self.model)
+            if extra is not None:
+                loss = loss + extra
+        return loss
 
     # ------------------------------------------------------------------ states
 

@@ -19,6 +19,7 @@ from dfl.config import ExperimentConfig
 from dfl.data import ImageData, Splits, channel_stats, load_dataset, make_splits, to_float
 from dfl.models import build_model
 from dfl.participant import Participant, Split
+from dfl.query import TrainingDefense
 from dfl.seeding import EVAL_SUBSET, MODEL_INIT, derive_seed, numpy_rng
 
 
@@ -110,16 +111,17 @@ class Population:
             eval_batch_size=self.cfg.eval.batch_size,
             device=self.device,
             query_defenses=self.query_defenses(node_id),
+            training_defenses=self.defenses(node_id, TrainingDefense),
+            total_rounds=self.cfg.rounds,
         )
 
-    def query_defenses(self, node_id: int) -> list[Any]:
-        """Node ``node_id``'s query-time defenses, built from the config in the order it lists them."""
-        from dfl.config import defended_nodes
-        from dfl.registries import DEFENSES
-
+    def defenses(self, node_id: int, kind: type[Any]) -> list[Any]:
+        """Node ``node_id``'s defenses of one hook point (a ``dfl.query`` base class), in config order."""
         if not self.cfg.defenses:
             return []
-        from dfl.query import DefenseContext, QueryDefense
+        from dfl.config import defended_nodes
+        from dfl.query import DefenseContext
+        from dfl.registries import DEFENSES
 
         ctx = DefenseContext(node_id, self.cfg.seed, self.data.num_classes, self.mean, self.std)
         chain = []
@@ -127,9 +129,16 @@ class Population:
             if node_id not in defended_nodes(self.cfg, spec):
                 continue
             entry = DEFENSES.get(spec.name, f"defenses.{i}.name")
-            if isinstance(entry.obj, type) and issubclass(entry.obj, QueryDefense):
-                chain.append(entry.obj(entry.parse_params(spec.params, f"defenses.{i}.params"), ctx))
+            cls: Any = entry.obj
+            if isinstance(cls, type) and issubclass(cls, kind):
+                chain.append(cls(entry.parse_params(spec.params, f"defenses.{i}.params"), ctx))
         return chain
+
+    def query_defenses(self, node_id: int) -> list[Any]:
+        """Node ``node_id``'s query-time defenses."""
+        from dfl.query import QueryDefense
+
+        return self.defenses(node_id, QueryDefense)
 
     def sample_counts(self) -> np.ndarray:
         """Train samples per node, ``(n_nodes,)``."""

@@ -49,6 +49,28 @@ class QueryDefense:
         return p
 
 
+class TrainingDefense:
+    """A training-time defense: rewrites each local batch and may add a penalty to the loss.
+
+    ``progress`` is the fraction of the node's whole local training done before this batch, in
+    ``[0, 1)`` (schedules such as AdaMixup's decay read it); ``g`` is the node's defense stream for the
+    round, separate from the batch order so that a defense never changes which samples are drawn.
+    """
+
+    def __init__(self, params: BaseModel, ctx: DefenseContext) -> None:
+        self.params = params
+        self.ctx = ctx
+
+    def batch(self, x: torch.Tensor, target: torch.Tensor, progress: float,
+              g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, target)`` with ``target`` class indices ``(B,)`` or class probabilities ``(B, K)``."""
+        return x, target
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the batch loss (``None``: nothing)."""
+        return None
+
+
 @torch.no_grad()
 def defended_query(model: nn.Module, x: torch.Tensor, chain: list[QueryDefense], g: torch.Generator,
                    batch: int = 1000) -> torch.Tensor:

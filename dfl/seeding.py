@@ -14,6 +14,7 @@ MODEL_INIT = 10
 LOCAL_TRAIN = 11
 EVAL_SUBSET = 12
 QUERY = 13
+TRAIN_DEFENSE = 14
 
 
 def derive_seed(seed: int, *tags: int) -> int:

@@ -126,3 +126,62 @@ def test_bad_defense_config_exits_2(tiny, write_cfg, capsys, defense, needle):
     assert main(["validate", str(write_cfg(tiny))]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------ training time
+
+
+def _train_defense(name: str, **params):
+    entry = DEFENSES.get(name)
+    return entry.obj(entry.parse_params(params), CTX)
+
+
+def test_adamixup_strength_decays_linearly_and_labels_are_the_dominant_sample():
+    from defenses.adamixup import strength
+    from defenses.mixup import beta
+
+    assert strength(1.0, 0.1, 0.0) == 1.0 and strength(1.0, 0.1, 1.0) == pytest.approx(0.1)
+    assert strength(1.0, 0.1, 0.5) == pytest.approx(0.55)
+    d = _train_defense("adamixup")
+    x, y = torch.randn(16, 1, 4, 4), torch.randint(0, 5, (16,))
+    for progress in (0.0, 0.5, 0.99):
+        xm, ym = d.batch(x, y, progress, torch.Generator().manual_seed(7))
+        g = torch.Generator().manual_seed(7)  # replay the same draws
+        lam = beta(strength(1.0, 0.1, progress), g)
+        perm = torch.randperm(16, generator=g)
+        assert torch.allclose(xm, lam * x + (1 - lam) * x[perm])
+        assert ym.dtype == torch.long and torch.equal(ym, y if lam >= 0.5 else y[perm])
+
+
+def test_mixup_and_label_smoothing_give_probability_targets():
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 5, (8,))
+    _, t = _train_defense("mixup", alpha=0.4).batch(x, y, 0.0, torch.Generator().manual_seed(0))
+    assert t.shape == (8, 5) and torch.allclose(t.sum(1), torch.ones(8))
+    _, s = _train_defense("label_smoothing", eps=0.2).batch(x, y, 0.0, torch.Generator())
+    assert torch.allclose(s.max(1).values, torch.full((8,), 0.8 + 0.2 / 5)) and torch.equal(s.argmax(1), y)
+
+
+def test_weight_penalty_matches_its_formula():
+    model = _model()
+    w = model[1].weight.detach()
+    l1 = _train_defense("weight_penalty", norm="l1", lam=0.5).penalty(model).detach()
+    l2 = _train_defense("weight_penalty", norm="l2", lam=0.5).penalty(model).detach()
+    assert float(l1) == pytest.approx(0.5 * float(w.abs().sum()))
+    assert float(l2) == pytest.approx(0.5 * float(w.pow(2).sum()))
+
+
+@pytest.mark.parametrize("defense", [{"name": "adamixup"}, {"name": "mixup"}, {"name": "label_smoothing"},
+                                     {"name": "weight_penalty", "params": {"lam": 0.01}}])
+def test_training_defenses_change_training_deterministically(tiny, write_cfg, defense):
+    """Applied to the honest nodes only (the attacker trains as usual); the same seed gives the same run."""
+    tiny["rounds"] = 2
+    base, base_recs = _mia(copy.deepcopy(tiny), write_cfg, [], [{"name": "correctness"}])
+    _, recs = _mia(copy.deepcopy(tiny), write_cfg, [defense], [{"name": "correctness"}])
+    _, recs2 = _mia(copy.deepcopy(tiny), write_cfg, [defense], [{"name": "correctness"}])
+    assert recs == recs2
+
+    def train(rs, node):
+        return [r["loss"] for r in rs if r["kind"] == "train" and r["node"] == node]
+
+    assert train(recs, 0) != train(base_recs, 0)  # honest node 0 trains differently
+    assert train(recs, 1)[0] == train(base_recs, 1)[0]  # attacker 1's first round is untouched

@@ -1,0 +1,38 @@
+"""``mixup``: train on convex combinations of pairs of samples and of their labels (Zhang et al., ICLR 2018).
+
+``lam ~ Beta(alpha, alpha)``, ``x = lam * x_i + (1 - lam) * x_j``, ``t = lam * y_i + (1 - lam) * y_j`` with
+``j`` a random permutation of the batch; one ``lam`` per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from dfl.query import TrainingDefense
+from dfl.registries import DEFENSES
+
+
+def beta(a: float, g: torch.Generator) -> float:
+    """One draw of ``Beta(a, a)`` from ``g`` (as a ratio of two Gamma draws)."""
+    u = torch._standard_gamma(torch.full((2,), float(a)), generator=g)
+    return float(u[0] / u.sum())
+
+
+class MixupParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(1.0, gt=0.0, description="Beta(alpha, alpha)")
+
+
+@DEFENSES.register("mixup", params=MixupParams)
+class Mixup(TrainingDefense):
+    """Mixed images, mixed soft labels."""
+
+    params: MixupParams
+
+    def batch(self, x: torch.Tensor, target: torch.Tensor, progress: float,
+              g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = beta(self.params.alpha, g)
+        perm = torch.randperm(len(x), generator=g).to(x.device)
+        soft = target if target.ndim == 2 else torch.nn.functional.one_hot(target, self.ctx.num_classes).to(x.dtype)
+        return lam * x + (1 - lam) * x[perm], lam * soft + (1 - lam) * soft[perm]
