@@ -1,6 +1,6 @@
 """dfl-sim plugin package: defenses, registered into ``dfl.registries.DEFENSES``.
 
-Query-time (``dfl.query.QueryDefense``): confidence_masking, confidence_regularization,
+Query-time (``dfl.query.QueryDefense``): augmixcloak, confidence_masking, confidence_regularization,
 confidence_perturbation, image_perturbation. Training-time (``dfl.query.TrainingDefense``): adamixup,
 mixup, label_smoothing, weight_penalty (L1/L2). Dropout is ``model.params.dropout``.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from defenses import (
     adamixup,
+    augmixcloak,
     confidence_masking,
     confidence_perturbation,
     confidence_regularization,
@@ -18,5 +19,5 @@ from defenses import (
     weight_penalty,
 )
 
-__all__ = ["adamixup", "confidence_masking", "confidence_perturbation", "confidence_regularization",
+__all__ = ["adamixup", "augmixcloak", "confidence_masking", "confidence_perturbation", "confidence_regularization",
            "image_perturbation", "label_smoothing", "mixup", "weight_penalty"]

@@ -123,7 +123,11 @@ class Population:
         from dfl.query import DefenseContext
         from dfl.registries import DEFENSES
 
-        ctx = DefenseContext(node_id, self.cfg.seed, self.data.num_classes, self.mean, self.std)
+        from dfl.topology import base_graph
+
+        neighbours = tuple(sorted(base_graph(self.cfg, 0).neighbors(node_id)))
+        ctx = DefenseContext(node_id, self.cfg.seed, self.data.num_classes, self.mean, self.std, neighbours,
+                             self.train_images)
         chain = []
         for i, spec in enumerate(self.cfg.defenses):
             if node_id not in defended_nodes(self.cfg, spec):
@@ -133,6 +137,11 @@ class Population:
             if isinstance(cls, type) and issubclass(cls, kind):
                 chain.append(cls(entry.parse_params(spec.params, f"defenses.{i}.params"), ctx))
         return chain
+
+    def train_images(self, node_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Node ``node_id``'s training images as uint8 ``(N, C, H, W)`` and their labels."""
+        idx = self.splits.nodes[node_id].train
+        return self.data.x_train[idx], self.data.y_train[idx]
 
     def query_defenses(self, node_id: int) -> list[Any]:
         """Node ``node_id``'s query-time defenses."""

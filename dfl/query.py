@@ -10,6 +10,7 @@ never import the ``defenses`` plugin package; defenses subclass :class:`QueryDef
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,13 +21,29 @@ from torch import nn
 
 @dataclass
 class DefenseContext:
-    """What a defense of node ``node`` may use: its identity, the data normalisation, the run seed."""
+    """What a defense of node ``node`` may use: its identity, the data normalisation, the run seed,
+    and (for defenses that index training data, such as AugMixCloak) its own training images and its
+    neighbours' node ids in the round-0 graph, with a way to read a node's training images."""
 
     node: int
     seed: int
     num_classes: int
     mean: np.ndarray  # (C,) per-channel mean of the [0, 1] pixels, as used to normalise the images
     std: np.ndarray   # (C,)
+    neighbours: tuple[int, ...] = ()
+    train_images: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None  # node -> (uint8 (N,C,H,W), labels)
+
+    def to_uint8(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised images back to uint8 pixels ``(N, C, H, W)`` (exact for images that were uint8)."""
+        m = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+        s = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+        return ((x * torch.where(s > 0, s, torch.ones_like(s)) + m) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+    def normalise(self, u: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] ``(N, C, H, W)`` to the normalised space the models see."""
+        m = torch.as_tensor(self.mean, dtype=u.dtype, device=u.device).reshape(1, -1, 1, 1)
+        s = torch.as_tensor(self.std, dtype=u.dtype, device=u.device).reshape(1, -1, 1, 1)
+        return (u - m) / torch.where(s > 0, s, torch.ones_like(s))
 
 
 class QueryDefense:

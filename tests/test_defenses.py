@@ -17,7 +17,10 @@ from dfl.registries import DEFENSES
 from dfl.rundir import RunDir
 
 load_plugins()
-CTX = DefenseContext(node=0, seed=0, num_classes=5, mean=np.array([0.5]), std=np.array([0.25]))
+_RNG = np.random.default_rng(0)
+_TRAIN = (_RNG.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8), _RNG.integers(0, 5, 40))
+CTX = DefenseContext(node=0, seed=0, num_classes=5, mean=np.array([0.5]), std=np.array([0.25]),
+                     neighbours=(1,), train_images=lambda node: _TRAIN)
 
 
 def _model() -> nn.Module:
@@ -185,3 +188,49 @@ def test_training_defenses_change_training_deterministically(tiny, write_cfg, de
 
     assert train(recs, 0) != train(base_recs, 0)  # honest node 0 trains differently
     assert train(recs, 1)[0] == train(base_recs, 1)[0]  # attacker 1's first round is untouched
+
+
+# ------------------------------------------------------------------------------------------ AugMixCloak
+
+
+def test_augmixcloak_plan_is_a_function_of_the_hash():
+    from defenses.augmixcloak import OPS, plan
+
+    assert plan(12345, 0) == []
+    for h in [0, 1, 2**63 + 7, 0xDEADBEEFCAFEF00D]:
+        p = plan(h, 4)
+        assert 1 <= len(p) <= 4 and len({n for n, _ in p}) == len(p) and all(n in OPS for n, _ in p)
+        assert all(0.3 <= m <= 1.0 for _, m in p) and plan(h, 4) == p
+
+
+def test_prototypes_are_class_images():
+    from defenses.augmixcloak import prototypes
+
+    x = np.zeros((6, 1, 2, 2), np.uint8)
+    x[3:] = 255
+    protos = prototypes(x, np.array([0, 0, 0, 1, 1, 1]), 3)
+    assert protos.shape == (3, 1, 2, 2)
+    assert np.allclose(protos[0], 0) and np.allclose(protos[1], 1) and np.allclose(protos[2], 0.5)
+
+
+def test_augmixcloak_changes_members_only_and_deterministically():
+    d = _defense("augmixcloak", intensity=3, alpha=0.5)
+    members = torch.from_numpy(_TRAIN[0][:8]).float() / 255
+    members = (members - 0.5) / 0.25
+    strangers = torch.randn(8, 1, 4, 4) * 3
+    x = torch.cat([members, strangers])
+    out = d.images(x, torch.Generator())
+    assert not torch.allclose(out[:8], x[:8])          # matched queries are cloaked
+    assert torch.equal(out[8:], x[8:])                 # the others pass unchanged
+    assert torch.equal(d.images(x, torch.Generator().manual_seed(5)), out)  # no randomness at all
+
+
+def test_augmixcloak_protects_query_access_only(tiny, write_cfg):
+    attacks = [{"name": "loss"}, {"name": "loss", "access": "params"}]
+    base, base_recs = _mia(copy.deepcopy(tiny), write_cfg, [], attacks)
+    cloaked, recs = _mia(copy.deepcopy(tiny), write_cfg, [{"name": "augmixcloak", "params": {"alpha": 0.3}}], attacks)
+    # every member query is cloaked, so the query attack's numbers move (on these synthetic images the
+    # class prototype is the class centroid, so they need not fall); white-box access is untouched
+    assert cloaked["mia"]["loss_auc"] != base["mia"]["loss_auc"]
+    assert cloaked["mia"]["loss_params_auc"] == base["mia"]["loss_params_auc"]
+    assert [r for r in recs if r["kind"] == "eval"] == [r for r in base_recs if r["kind"] == "eval"]
