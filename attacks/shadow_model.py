@@ -17,14 +17,11 @@ sample scores ``f`` on the victim's sorted top-k output and is called a member w
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
 
 from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs, probabilities
 from attacks.shadow import ShadowParams, shadow_models
@@ -42,8 +39,12 @@ def top_k_features(p: torch.Tensor, k: int) -> np.ndarray:
     return p.double().sort(dim=1, descending=True).values[:, :k].numpy()
 
 
-def fit_attack_model(features: np.ndarray, is_member: np.ndarray, kind: str, seed: int) -> MLPClassifier | LogisticRegression:
+def fit_attack_model(features: np.ndarray, is_member: np.ndarray, kind: str, seed: int) -> Any:
     """A binary classifier of ``features: (n, k)`` -> member, trained with a fixed ``seed``."""
+    from sklearn.exceptions import ConvergenceWarning  # here: importing the plugins stays fast
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
     model: MLPClassifier | LogisticRegression
     if kind == "mlp":
         model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=seed)

@@ -24,7 +24,6 @@ import math
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from pydantic import BaseModel, ConfigDict, Field
 
 from defenses.phash import phash
@@ -35,6 +34,8 @@ from dfl.registries import DEFENSES
 
 def _op(name: str, img: torch.Tensor, m: float) -> torch.Tensor:
     """One op on a uint8 image ``(C, H, W)`` at magnitude ``m`` in [0, 1] (signed ops use ``m`` as is)."""
+    import torchvision.transforms.v2.functional as TF  # here: importing the plugins stays fast
+
     h, w = img.shape[-2:]
     if name == "autocontrast":
         return TF.autocontrast(img)

@@ -11,7 +11,6 @@ bits in row-major order, first bit most significant, form the ``uint64`` whose h
 from __future__ import annotations
 
 import numpy as np
-import scipy.fftpack
 
 HASH_SIZE = 8
 IMG_SIZE = 32
@@ -67,6 +66,8 @@ def phash_bits(x: np.ndarray, exact: bool = False) -> np.ndarray:
     """
     pixels = _resized(grey(x))
     if exact:
+        import scipy.fftpack
+
         low = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=1), axis=2)[:, :HASH_SIZE, :HASH_SIZE]
     else:
         low = low_frequencies(pixels)

@@ -122,7 +122,6 @@ class Population:
         from dfl.config import defended_nodes
         from dfl.query import DefenseContext
         from dfl.registries import DEFENSES
-
         from dfl.topology import base_graph
 
         neighbours = tuple(sorted(base_graph(self.cfg, 0).neighbors(node_id)))

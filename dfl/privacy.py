@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def best_threshold(scores: np.ndarray, is_member: np.ndarray) -> float:
@@ -27,6 +26,8 @@ def best_threshold(scores: np.ndarray, is_member: np.ndarray) -> float:
     """
     s = np.asarray(scores, dtype=np.float64)
     m = np.asarray(is_member, dtype=bool)
+    from sklearn.metrics import roc_curve
+
     if m.all():
         return float(s.min())
     if not m.any():
@@ -85,6 +86,8 @@ def mia_metrics(scores: np.ndarray, is_member: np.ndarray, predicted: np.ndarray
         raise ValueError("the evaluation set needs both members and non-members")
     if not np.isfinite(s).all():
         raise ValueError("attack scores must be finite")
+    from sklearn.metrics import roc_auc_score, roc_curve  # here: importing the plugins stays fast
+
     fpr, tpr, _ = roc_curve(m, s)
     out: dict[str, Any] = {
         "members": int(m.sum()),
