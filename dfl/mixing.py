@@ -221,5 +221,5 @@ def consensus_distance(states: torch.Tensor) -> float:
     """
     if states.ndim != 2 or states.shape[0] == 0:
         raise ValueError(f"states must be (n_nodes, n_params) with n_nodes >= 1, got {tuple(states.shape)}")
-    x = states.detach().to(torch.float64)
+    x = states.detach().to("cpu", torch.float64)
     return float(torch.linalg.vector_norm(x - x.mean(dim=0, keepdim=True), dim=1).mean().item())

@@ -8,6 +8,7 @@ Every node starts from the same initial model, drawn from the experiment seed.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +25,28 @@ from dfl.seeding import EVAL_SUBSET, MODEL_INIT, derive_seed, numpy_rng
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
+    """``auto`` -> CUDA when available, else CPU. On CUDA, kernels are pinned to deterministic ones."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from dfl.errors import ConfigError
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            from dfl.errors import ConfigError
 
-        raise ConfigError([("device", "cuda was requested but no CUDA device is visible; use device: auto or cpu")])
+            raise ConfigError([("device", "cuda was requested but no CUDA device is visible; use device: auto or cpu")])
+        deterministic_cuda()
     return torch.device(name)
+
+
+def deterministic_cuda() -> None:
+    """Same seed, same numbers on a GPU: deterministic cuDNN and cuBLAS kernels, no autotuning.
+
+    cuBLAS reads its workspace setting when its handle is created, so the variable is set before the
+    first matrix product of the process (every engine process resolves its device before building models).
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,9 @@ def test_compose_config_has_the_three_services(config: dict[str, Any]) -> None:
 
 
 def test_worker_reserves_the_nvidia_gpus(config: dict[str, Any]) -> None:
-    """One worker holds all GPUs and Ray spreads the actors over them.
+    """Each replica sees every GPU and claims one through the shared lock volume (see ray-worker.sh).
 
-    Not ``count: 1`` with ``--scale``: Docker gives every replica GPU 0 for ``count: 1``.
+    Not ``count: 1``: Docker gives every replica GPU 0 for ``count: 1``.
     """
     worker = config["services"]["ray-worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
@@ -140,11 +141,57 @@ def test_worker_reserves_the_nvidia_gpus(config: dict[str, Any]) -> None:
     assert dev["driver"] == "nvidia"
     assert "gpu" in dev["capabilities"]
     assert str(dev.get("count")) in ("all", "-1"), dev  # v2 prints `all` as -1
-    assert "container_name" not in worker
-    cmd = words(worker["command"])
-    assert cmd[:2] == ["ray", "start"] and "--address=ray-head:6379" in cmd and "--block" in cmd
+    assert "container_name" not in worker, "a fixed container name cannot be scaled"
+    assert words(worker["entrypoint"]) == ["sh", "/app/docker/ray-worker.sh"]
+    assert "/gpu-locks" in mounts(worker) and env_of(worker)["GPU_LOCK_DIR"] == "/gpu-locks"
+    assert env_of(worker)["RAY_HEAD"] == "ray-head:6379"
     assert healthy_dependency(worker, "ray-head")
     assert size_bytes(worker["shm_size"]) >= 2 * 1024**3
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="flock (util-linux) is not installed")
+def test_scaled_workers_claim_distinct_gpus(tmp_path: Path) -> None:
+    """Three replicas on a host with two GPUs: GPUs 0 and 1 once each, the third exits with a message."""
+    bin_dir, locks = tmp_path / "bin", tmp_path / "locks"
+    bin_dir.mkdir()
+    locks.mkdir()
+    fake = {"nvidia-smi": "#!/bin/sh\necho 'GPU 0: Fake (UUID: a)'\necho 'GPU 1: Fake (UUID: b)'\n",
+            "nproc": "#!/bin/sh\necho 8\n",
+            # the fake `ray start --block` reports what it was given and holds on, like the real one
+            "ray": f"#!/bin/sh\necho \"$CUDA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER $*\" > {tmp_path}/claim.$$\nexec sleep 30\n"}
+    for name, text in fake.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GPU_LOCK_DIR": str(locks)}
+    script = str(ROOT / "docker" / "ray-worker.sh")
+    replicas = []
+    try:
+        for _ in range(2):
+            replicas.append(subprocess.Popen(["sh", script], env=env, stdout=subprocess.PIPE, text=True))
+            assert replicas[-1].stdout is not None
+            assert replicas[-1].stdout.readline().startswith("ray-worker: GPU ")
+        third = subprocess.run(["sh", script], env=env, capture_output=True, text=True, timeout=30)
+        assert third.returncode == 1
+        assert "all 2 GPUs are held by other replicas" in third.stderr
+        deadline = time.monotonic() + 20
+        while len([p for p in tmp_path.glob("claim.*") if p.read_text()]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        claims = sorted(p.read_text().split() for p in tmp_path.glob("claim.*"))
+        assert [c[:2] for c in claims] == [["0", "PCI_BUS_ID"], ["1", "PCI_BUS_ID"]]
+        for c in claims:
+            assert c[2:] == ["start", "--address=ray-head:6379", "--num-gpus=1", "--num-cpus=4", "--block"]
+    finally:
+        for r in replicas:
+            r.kill()
+            r.wait()
+    # the locks die with the replicas: a new one gets GPU 0 again
+    again = subprocess.Popen(["sh", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert again.stdout is not None
+        assert again.stdout.readline().startswith("ray-worker: GPU 0 of 2")
+    finally:
+        again.kill()
+        again.wait()
 
 
 def test_head_runs_ray_head_without_gpus_and_has_a_healthcheck(config: dict[str, Any]) -> None:
@@ -238,8 +285,6 @@ def test_readme_section_matches_the_compose_file() -> None:
     commands = [re.sub(r"(^|\s)#.*$", "", ln).strip() for b in blocks for ln in b.splitlines()]
     compose = [c for c in commands if "docker compose -f docker/compose.yaml " in c]
     assert any(c.endswith(" build") for c in compose)
-    assert any(" up -d " in c and c.endswith(" ray-head ray-worker") for c in compose)
+    assert any(" up -d " in c and "--scale ray-worker=" in c and c.endswith(" ray-head ray-worker") for c in compose)
     assert any(" run --rm runner" in c and "EXPERIMENT=" in c and "DFL_SIM_DATA=" in c for c in compose)
     assert any(c.endswith(" down") for c in compose)
-    # scaling a `count: 1` worker would put every replica on GPU 0
-    assert not any("--scale" in c for c in commands)

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from dfl.config import Spec
 from dfl.models import build_model
+from dfl.models.base import AvgPoolTo
 from dfl.registries import MODELS
 
 
@@ -45,3 +48,19 @@ def test_vgg11_has_a_single_linear_layer():
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 1 and linears[0].in_features == 512
     assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 8
+
+
+@given(side=st.integers(1, 4), mult=st.integers(1, 4), extra=st.integers(0, 3), seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_avg_pool_to_equals_adaptive_pool_with_gradients(side, mult, extra, seed):
+    """The deterministic pool is the adaptive pool: outputs and input gradients, divisible sizes or not."""
+    h = side * mult + extra
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, h, h, generator=g, dtype=torch.float64)
+    w = torch.randn(2, 3, side, side, generator=g, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a, b = AvgPoolTo(side)(xa), nn.AdaptiveAvgPool2d(side)(xb)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(xa.grad, xb.grad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dfl.config import Spec
@@ -41,3 +42,28 @@ def norm_layer(kind: str, channels: int, groups: int = 8) -> nn.Module:
             g -= 1
         return nn.GroupNorm(g, channels)
     return nn.Identity()
+
+
+class AvgPoolTo(nn.Module):
+    """Average-pool a square feature map to ``side x side``, with deterministic CUDA kernels.
+
+    ``nn.AdaptiveAvgPool2d`` back-propagates with atomic adds on CUDA, so two runs of one seed drift
+    apart on a GPU; where the input side is a multiple of ``side`` (every model here) the same average
+    is a plain ``avg_pool2d`` whose backward is a gather. Other sizes fall back to the adaptive pool.
+    """
+
+    def __init__(self, side: int) -> None:
+        super().__init__()
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h == w and h % self.side == 0:
+            if self.side == 1:
+                return x.mean(dim=(-2, -1), keepdim=True)
+            k = h // self.side
+            return F.avg_pool2d(x, k, k)
+        return F.adaptive_avg_pool2d(x, self.side)
+
+    def extra_repr(self) -> str:
+        return f"side={self.side}"

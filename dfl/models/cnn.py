@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from dfl.models.base import norm_layer
+from dfl.models.base import AvgPoolTo, norm_layer
 from dfl.registries import MODELS
 
 
@@ -19,7 +19,7 @@ class CNNParams(BaseModel):
 
 @MODELS.register("cnn", params=CNNParams)
 def build(in_shape: tuple[int, int, int], num_classes: int, params: CNNParams) -> nn.Module:
-    """[Conv3x3 -> norm -> ReLU -> MaxPool2] per width -> AdaptiveAvgPool(4 or less) -> FC -> ReLU -> FC.
+    """[Conv3x3 -> norm -> ReLU -> MaxPool2] per width -> AvgPool(to 4 or less) -> FC -> ReLU -> FC.
 
     Pooling stops halving once the feature map reaches 2 px, so 8 px digits and 32 px CIFAR both fit.
     """
@@ -33,7 +33,7 @@ def build(in_shape: tuple[int, int, int], num_classes: int, params: CNNParams) -
             size //= 2
         c = width
     side = min(size, 4)
-    layers += [nn.AdaptiveAvgPool2d(side), nn.Flatten(), nn.Linear(c * side * side, params.hidden), nn.ReLU()]
+    layers += [AvgPoolTo(side), nn.Flatten(), nn.Linear(c * side * side, params.hidden), nn.ReLU()]
     if params.dropout:
         layers.append(nn.Dropout(params.dropout))
     layers.append(nn.Linear(params.hidden, num_classes))

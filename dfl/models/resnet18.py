@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchvision.models import resnet18
 
-from dfl.models.base import norm_layer
+from dfl.models.base import AvgPoolTo, norm_layer
 from dfl.registries import MODELS
 
 
@@ -20,7 +20,8 @@ class ResNet18Params(BaseModel):
 
 @MODELS.register("resnet18", params=ResNet18Params)
 def build(in_shape: tuple[int, int, int], num_classes: int, params: ResNet18Params) -> nn.Module:
-    """``torchvision.models.resnet18(num_classes)``; stem swapped for 3x3/1 on small images."""
+    """``torchvision.models.resnet18(num_classes)``; stem swapped for 3x3/1 on small images;
+    global pooling with deterministic CUDA kernels."""
     model = resnet18(num_classes=num_classes, norm_layer=partial(_norm, params.norm))
     if params.small_input or in_shape[0] != 3:
         model.conv1 = nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False) if params.small_input else nn.Conv2d(
@@ -28,6 +29,7 @@ def build(in_shape: tuple[int, int, int], num_classes: int, params: ResNet18Para
         )
     if params.small_input:
         model.maxpool = nn.Identity()  # type: ignore[assignment]
+    model.avgpool = AvgPoolTo(1)  # type: ignore[assignment]
     return model
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchvision.models import vgg11
 
-from dfl.models.base import norm_layer
+from dfl.models.base import AvgPoolTo, norm_layer
 from dfl.registries import MODELS
 
 
@@ -33,4 +33,4 @@ def build(in_shape: tuple[int, int, int], num_classes: int, params: VGG11Params)
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         else:
             layers.append(nn.ReLU())
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+    return nn.Sequential(*layers, AvgPoolTo(1), nn.Flatten(), nn.Linear(c, num_classes))
