@@ -107,6 +107,11 @@ class Adversary:
                 attack.prepare(view)
                 for v in targets:
                     records.append(self._attack_one(view, spec, attack, a, v, r, victim_model(v)))
+        for j, chain in self._chains.items():  # what the victims' defenses reported while answering
+            for i, d in enumerate(chain):
+                records += [{"round": r, "node": j, "kind": "defense", "defense": d.name or type(d).__name__,
+                             "position": i, **rec}
+                            for rec in d.drain()]
         return records
 
     def _view(self, a: int, r: int, graph: nx.Graph, shared: torch.Tensor, victim_model: Any) -> AdversaryView:

@@ -141,7 +141,7 @@ class Population:
 
         neighbours = tuple(sorted(base_graph(self.cfg, 0).neighbors(node_id)))
         ctx = DefenseContext(node_id, self.cfg.seed, self.data.num_classes, self.mean, self.std, neighbours,
-                             self.train_images)
+                             self.train_images, self.holdout_images)
         chain = []
         for i, spec in enumerate(self.cfg.defenses):
             if node_id not in defended_nodes(self.cfg, spec):
@@ -149,12 +149,19 @@ class Population:
             entry = DEFENSES.get(spec.name, f"defenses.{i}.name")
             cls: Any = entry.obj
             if isinstance(cls, type) and issubclass(cls, kind):
-                chain.append(cls(entry.parse_params(spec.params, f"defenses.{i}.params"), ctx))
+                defense = cls(entry.parse_params(spec.params, f"defenses.{i}.params"), ctx)
+                defense.name = spec.name
+                chain.append(defense)
         return chain
 
     def train_images(self, node_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Node ``node_id``'s training images as uint8 ``(N, C, H, W)`` and their labels."""
         idx = self.splits.nodes[node_id].train
+        return self.data.x_train[idx], self.data.y_train[idx]
+
+    def holdout_images(self, node_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Node ``node_id``'s holdout images (never trained on) as uint8 ``(N, C, H, W)`` and their labels."""
+        idx = self.splits.nodes[node_id].holdout
         return self.data.x_train[idx], self.data.y_train[idx]
 
     def query_defenses(self, node_id: int) -> list[Any]:

@@ -2,7 +2,9 @@
 
 A query passes ``images -> [image transforms] -> model -> logits -> [logit transforms] -> softmax ->
 [probability transforms]``; each query-time defense may act at any of the three points, in the order
-the config lists the defenses. The chain is applied wherever a node answers queries (its
+the config lists the defenses. Before a model answers, every defense of the chain sees it once through
+:meth:`QueryDefense.prepare` (defenses fitted to the model -- AugMixCloak's tuning, MemGuard's
+classifier -- refit there when the model's state changed since their last fit). The chain is applied wherever a node answers queries (its
 ``Participant.query`` and the adversary's view of it), so an attack with ``access: query`` meets the
 victim's defenses and one with ``access: params`` does not. Defined in the core so that participants
 never import the ``defenses`` plugin package; defenses subclass :class:`QueryDefense`.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +26,8 @@ from torch import nn
 class DefenseContext:
     """What a defense of node ``node`` may use: its identity, the data normalisation, the run seed,
     and (for defenses that index training data, such as AugMixCloak) its own training images and its
-    neighbours' node ids in the round-0 graph, with a way to read a node's training images."""
+    neighbours' node ids in the round-0 graph, with a way to read a node's training images; and its
+    holdout split (images it never trained on: the non-members of its own simulated attacks)."""
 
     node: int
     seed: int
@@ -32,6 +36,7 @@ class DefenseContext:
     std: np.ndarray   # (C,)
     neighbours: tuple[int, ...] = ()
     train_images: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None  # node -> (uint8 (N,C,H,W), labels)
+    holdout_images: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None  # likewise, the holdout split
 
     def to_uint8(self, x: torch.Tensor) -> np.ndarray:
         """Normalised images back to uint8 pixels ``(N, C, H, W)`` (exact for images that were uint8)."""
@@ -49,9 +54,29 @@ class DefenseContext:
 class QueryDefense:
     """A query-time defense; subclasses override the transforms they need (the defaults pass through)."""
 
+    name = ""  # the registered name, set when a population builds the chain
+
     def __init__(self, params: BaseModel, ctx: DefenseContext) -> None:
         self.params = params
         self.ctx = ctx
+        self.records: list[dict[str, Any]] = []  # what the defense reports (metrics.jsonl rows, kind "defense")
+        self._fitted_to: tuple[float, float] | None = None
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called with the node's model before it answers a batch of queries; calls :meth:`fit` when the
+        model's state differs from the one the defense was last fitted to."""
+        key = model_key(model)
+        if key != self._fitted_to:
+            self.fit(model)
+            self._fitted_to = key
+
+    def fit(self, model: nn.Module) -> None:
+        """Fit whatever depends on the model (nothing by default)."""
+
+    def drain(self) -> list[dict[str, Any]]:
+        """The records reported since the last call (then forgotten)."""
+        out, self.records = self.records, []
+        return out
 
     def images(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Normalised query images ``(B, C, H, W)`` before the model sees them."""
@@ -74,6 +99,8 @@ class TrainingDefense:
     round, separate from the batch order so that a defense never changes which samples are drawn.
     """
 
+    name = ""  # the registered name, set when a population builds the chain
+
     def __init__(self, params: BaseModel, ctx: DefenseContext) -> None:
         self.params = params
         self.ctx = ctx
@@ -88,10 +115,25 @@ class TrainingDefense:
         return None
 
 
+def model_key(model: nn.Module) -> tuple[float, float]:
+    """A fingerprint of a model's parameters and buffers (sum and sum of squares, in float64)."""
+    total, squares = 0.0, 0.0
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.is_floating_point():
+                t64 = t.detach().to(torch.float64)
+                total += float(t64.sum())
+                squares += float((t64 * t64).sum())
+    return total, squares
+
+
 @torch.no_grad()
 def defended_query(model: nn.Module, x: torch.Tensor, chain: list[QueryDefense], g: torch.Generator,
                    batch: int = 1000) -> torch.Tensor:
     """The black-box API of a node: probabilities ``(B, K)`` of ``model`` on ``x`` through ``chain``."""
+    for d in chain:
+        with torch.enable_grad():
+            d.prepare(model)
     model.eval()
     out = []
     for xb in x.split(batch):
