@@ -156,6 +156,8 @@ class Adversary:
         p = probabilities(model, data.x)
         correct = (p.argmax(1) == data.y).numpy()
         train_acc, holdout_acc = float(correct[truth].mean()), float(correct[~truth].mean())
+        # the same samples through what the attacker was given (the query API behind the victim's defenses)
+        answered = (outputs(data.x).argmax(1) == data.y).numpy()
         from sklearn.metrics import roc_curve
 
         fpr, tpr, _ = roc_curve(truth, result.scores)
@@ -163,6 +165,8 @@ class Adversary:
             "round": r, "node": v, "kind": "mia", "attacker": a, "attack": spec.name, "access": spec.access,
             **metrics,
             "victim_train_acc": train_acc, "victim_holdout_acc": holdout_acc, "victim_gap": train_acc - holdout_acc,
+            "answered_member_acc": float(answered[truth].mean()),
+            "answered_non_member_acc": float(answered[~truth].mean()),
             "non_members_from": "test" if from_test else "holdout",
             "roc_tpr": [round(float(np.interp(x, fpr, tpr)), 5) for x in ROC_POINTS],
             **({"threshold": result.info["threshold"]} if "threshold" in result.info else {}),

@@ -1,4 +1,4 @@
-"""``dfl-sim``: run, resume, validate, list and compare experiments.
+"""``dfl-sim``: run, resume, validate, list and compare experiments; run the defense tables.
 
 A thin layer over :mod:`dfl.api`. Every ``DflError`` (bad config, data, CLI input) is printed as one
 message and exits with code 2, never with a traceback.
@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=1, help="seeds per grid cell (seed, seed+1, ...)")
     c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--out", metavar="DIR", help="parent directory of the comparison directory")
+
+    t = sub.add_parser("table", help="run one of the defense evaluation tables and write its report.md")
+    t.add_argument("name", metavar="NAME", help="augmixcloak, adamixup or perturbation")
+    t.add_argument("--dataset", default="digits", help="cifar10 or digits (default digits)")
+    t.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--out", metavar="DIR", help="parent directory of the table's directory")
     return p
 
 
@@ -77,6 +84,16 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return _run(args, console)
     if args.command == "compare":
         return _compare(args, console)
+    if args.command == "table":
+        from dfl.tables import run_table
+
+        def on_run(label: str, i: int, total: int) -> None:
+            console.print(f"[{i}/{total}] {label}", highlight=False)
+
+        out = run_table(args.name, args.dataset, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run)
+        print((out / "report.md").read_text())
+        print(f"report: {out / 'report.md'}")
+        return 0
     raise AssertionError(args.command)
 
 

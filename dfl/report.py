@@ -66,7 +66,7 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
 
 
 MIA_KEYS = ("auc", "accuracy", "f1", "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "oracle_accuracy",
-            "victim_train_acc", "victim_holdout_acc", "victim_gap")
+            "victim_train_acc", "victim_holdout_acc", "victim_gap", "answered_member_acc", "answered_non_member_acc")
 
 
 def mia_summary(records: list[Record]) -> dict[str, float]:

@@ -1,0 +1,167 @@
+"""The defense evaluation tables: each one a grid of runs over seeds, written as one report.md.
+
+``dfl-sim table NAME --dataset cifar10|digits --seeds 2`` runs every (row, column) cell of table
+``NAME`` on ``experiments/tables/<dataset>.yaml`` for each seed, and writes
+``<out>/table-NAME-<dataset>-<time>/report.md`` (mean ± std over seeds), ``table.csv`` (every run's
+figures) and the runs themselves. Tables:
+
+- ``augmixcloak`` (the AugMixCloak paper's comparison): F1 of the shadow-model attack and of three
+  metric attacks, and benign accuracy, for no defense / AugMixCloak (tuned per node) / confidence
+  masking / L2 regularization, on fully connected, ring and star topologies;
+- ``adamixup`` (the AdaMixup paper's comparison): classification accuracy and the accuracy of attacks
+  A1 (shadow model), A2 (metric: loss) and A3 (label only), for no defense / dropout / L1 / L2 / Mixup /
+  DP-SGD / MemGuard / AdaMixup;
+- ``perturbation`` (the MIA-defence slides): target accuracy and global top-one attack accuracy for
+  confidence regularization, image perturbation and confidence perturbation alone and combined.
+
+Accuracies are those of the victims' query API (what an attacker is answered) on the attack's
+non-members, so query-time defenses that change labels pay for it in the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("cifar10", "digits")
+
+L2 = "{name: weight_penalty, params: {norm: l2, lam: 0.0005}}"
+L1 = "{name: weight_penalty, params: {norm: l1, lam: 0.00001}}"
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    attacks: str  # the YAML list set as ``attacks``
+    rows: list[tuple[str, list[str]]]  # label, overrides
+    metrics: list[tuple[str, str]]  # header, summary key (``mia.<key>`` or ``final.<key>``)
+    columns: list[tuple[str, list[str]]] = field(default_factory=lambda: [("", [])])
+    note: str = ""
+
+
+def _defenses(*specs: str) -> str:
+    return "defenses=[" + ", ".join(specs) + "]"
+
+
+TABLES: dict[str, Table] = {
+    "augmixcloak": Table(
+        title="AugMixCloak against the shadow-model attack and three metric attacks",
+        attacks="[{name: shadow_model}, {name: confidence}, {name: entropy}, {name: modified_entropy}]",
+        rows=[
+            ("no defense", ["defenses=[]"]),
+            ("AugMixCloak (tuned per node)", [_defenses("{name: augmixcloak, params: {tune: true}}")]),
+            ("confidence masking (top-1)", [_defenses("{name: confidence_masking, params: {mode: top_k, k: 1}}")]),
+            ("L2 regularization", [_defenses(L2)]),
+        ],
+        columns=[(t, [f"topology.name={t}"]) for t in ("fully_connected", "ring", "star")],
+        metrics=[("shadow F1", "mia.shadow_model_f1"), ("confidence F1", "mia.confidence_f1"),
+                 ("entropy F1", "mia.entropy_f1"), ("m-entropy F1", "mia.modified_entropy_f1"),
+                 ("benign acc", "mia.shadow_model_answered_non_member_acc")],
+        note="F1 of 0.667 is the all-member baseline; AugMixCloak aims at [0.35, 0.65].",
+    ),
+    "adamixup": Table(
+        title="Training- and query-time defenses against attacks A1 (shadow model), A2 (loss), A3 (label only)",
+        attacks="[{name: shadow_model}, {name: loss}, {name: label_only}]",
+        rows=[
+            ("no defense", ["defenses=[]"]),
+            ("dropout 0.5", ["defenses=[]", "model.params.dropout=0.5"]),
+            ("L1", [_defenses(L1)]),
+            ("L2", [_defenses(L2)]),
+            ("Mixup", [_defenses("{name: mixup}")]),
+            ("DP-SGD (sigma 1.0, C 1.0)", [_defenses("{name: dp_sgd, params: {noise_multiplier: 1.0, max_grad_norm: 1.0}}"),
+                                           "model.params.norm=group"]),
+            ("MemGuard", [_defenses("{name: memguard}")]),
+            ("AdaMixup", [_defenses("{name: adamixup}")]),
+        ],
+        metrics=[("classification acc", "mia.shadow_model_answered_non_member_acc"),
+                 ("A1 shadow acc", "mia.shadow_model_accuracy"), ("A2 loss acc", "mia.loss_accuracy"),
+                 ("A3 label-only acc", "mia.label_only_accuracy"), ("A2 loss AUC", "mia.loss_auc")],
+        note="Attack accuracy of 0.5 is chance (balanced members and non-members).",
+    ),
+    "perturbation": Table(
+        title="Perturbation defenses against the global top-one attack",
+        attacks="[{name: top1_threshold}]",
+        rows=[
+            ("no defense", ["defenses=[]"]),
+            ("confidence regularization (r 1)", [_defenses("{name: confidence_regularization, params: {r: 1.0}}")]),
+            ("image perturbation (r 0.5)", [_defenses("{name: image_perturbation, params: {r: 0.5}}")]),
+            ("confidence perturbation (r 15)", [_defenses("{name: confidence_perturbation, params: {r: 15.0}}")]),
+            ("all three", [_defenses("{name: confidence_regularization, params: {r: 1.0}}",
+                                     "{name: image_perturbation, params: {r: 0.5}}",
+                                     "{name: confidence_perturbation, params: {r: 15.0}}")]),
+        ],
+        metrics=[("target acc", "mia.top1_threshold_answered_non_member_acc"),
+                 ("top-one attack acc", "mia.top1_threshold_accuracy"), ("top-one AUC", "mia.top1_threshold_auc")],
+        note="The slides' settings: regularization range 1, image perturbation 0.5, confidence perturbation 15.",
+    ),
+}
+
+
+def _value(summary: dict[str, Any], key: str) -> float:
+    part, name = key.split(".", 1)
+    return float(summary.get(part, {}).get(name, float("nan")))
+
+
+def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] | None = None,
+              out_dir: str | Path | None = None, on_run: Callable[[str, int, int], None] | None = None) -> Path:
+    """Run table ``name`` on ``dataset`` over ``seeds`` seeds; returns the folder holding its report.md."""
+    from dfl import api
+    from dfl.config import load_config
+
+    if name not in TABLES:
+        raise ConfigError([("table", f"unknown table {name!r}; choose one of {', '.join(TABLES)}")])
+    if dataset not in DATASETS:
+        raise ConfigError([("--dataset", f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")])
+    if seeds < 1:
+        raise ConfigError([("--seeds", f"must be at least 1, got {seeds}")])
+    table = TABLES[name]
+    config = ROOT / "experiments" / "tables" / f"{dataset}.yaml"
+    base = [f"attacks={table.attacks}", *(overrides or [])]
+    cells = [(row, col, [*base, *row_sets, *col_sets]) for row, row_sets in table.rows for col, col_sets in table.columns]
+    base_cfg = load_config(config, base)
+    for _, _, sets in cells:  # every cell must be valid before anything runs
+        api.validate(config, sets)
+    out = Path(out_dir if out_dir is not None else base_cfg.output.dir) / f"table-{name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=False)
+    runs: list[dict[str, Any]] = []
+    total = len(cells) * seeds
+    for row, col, sets in cells:
+        for s in range(seeds):
+            if on_run:
+                on_run(f"{row}{', ' + col if col else ''}, seed {base_cfg.seed + s}", len(runs) + 1, total)
+            res = api.run(config, [*sets, f"seed={base_cfg.seed + s}"], out_dir=out / "runs")
+            runs.append({"row": row, "column": col, "seed": base_cfg.seed + s, "run_dir": res.run_dir.name,
+                         **{h: _value(res.summary, k) for h, k in table.metrics}})
+    _write(out, name, dataset, table, runs, seeds)
+    return out
+
+
+def _write(out: Path, name: str, dataset: str, table: Table, runs: list[dict[str, Any]], seeds: int) -> None:
+    with open(out / "table.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(runs[0]))
+        w.writeheader()
+        w.writerows(runs)
+    headers = [h for h, _ in table.metrics]
+    cols = [c for c, _ in table.columns]
+    lines = [f"# {table.title}", "",
+             f"`dfl-sim table {name} --dataset {dataset} --seeds {seeds}` on `experiments/tables/{dataset}.yaml`; "
+             f"mean ± std over {seeds} seed(s); every run is under `runs/`.", ""]
+    head = (["defense", "topology"] if cols != [""] else ["defense"]) + headers
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, _ in table.rows:
+        for col in cols:
+            cell = [r for r in runs if r["row"] == row and r["column"] == col]
+            vals = [f"{np.mean([r[h] for r in cell]):.3f} ± {np.std([r[h] for r in cell]):.3f}" for h in headers]
+            lines.append("| " + " | ".join([row, col] if col else [row]) + " | " + " | ".join(vals) + " |")
+    if table.note:
+        lines += ["", table.note]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
