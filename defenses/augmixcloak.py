@@ -27,6 +27,7 @@ the choice is reported as a ``kind: defense`` record in metrics.jsonl.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -276,12 +277,13 @@ class AugMixCloak(QueryDefense):
         """With ``tune``: pick ``(intensity, alpha)`` for this model from the node's own simulated attack.
 
         The node scores ``tune_samples`` of its training images (members) and as many of its holdout
-        images (non-members) with the loss and the confidence attacks, each thresholded where its balanced
-        accuracy is highest on the undefended model (as an attacker calibrating on shadow models of the undefended
-        recipe would), and reads their F1 on the defended answers of every grid point. Kept: grid points
-        whose non-member accuracy is within ``benign_tolerance`` of undefended; among those with the
-        stronger attack's F1 inside ``target_f1``, the one closest to 0.5 (ties: the higher member
-        accuracy, then the milder setting); with none inside, the one closest to the band. The choice
+        images (non-members) with four metric attacks (loss, confidence, entropy, modified entropy), each
+        thresholded where its balanced accuracy is highest on the undefended model (as an attacker
+        calibrating on shadow models of the undefended recipe would), and reads their F1 on the defended
+        answers of every grid point. Kept: grid points whose non-member accuracy is within
+        ``benign_tolerance`` of undefended; among those with every attack's F1 inside ``target_f1``, the
+        one whose F1s are closest to 0.5 (ties: the higher member accuracy, then the milder setting);
+        with none inside, the one closest to the band. The choice
         and its figures are reported as a record.
         """
         if not self.params.tune:
@@ -310,14 +312,13 @@ class AugMixCloak(QueryDefense):
         hashes = phash(u8)
         match = self.index.lookup(hashes, p.radius)
         k = np.flatnonzero(match.found)
-        signals = {"loss": lambda q: torch.log(q[torch.arange(len(y)), y].clamp_min(1e-12)),  # minus the loss
-                   "confidence": lambda q: q.max(1).values}  # higher = more member-like
+        signals = _signals(y)
         thresholds = {a: best_threshold(f(clean).numpy(), member) for a, f in signals.items()}
 
         def figures(q: torch.Tensor) -> dict[str, float]:
             correct = (q.argmax(1) == y).numpy()
             f1 = {a: _f1(f(q).numpy() >= thresholds[a], member) for a, f in signals.items()}
-            return {"f1": max(f1.values()), "f1_loss": f1["loss"], "f1_confidence": f1["confidence"],
+            return {"f1": max(f1.values()), "f1_min": min(f1.values()), **{f"f1_{a}": v for a, v in f1.items()},
                     "member_acc": float(correct[member].mean()), "non_member_acc": float(correct[~member].mean())}
 
         base = figures(clean)
@@ -335,18 +336,39 @@ class AugMixCloak(QueryDefense):
         pool = benign or grid
 
         def rank(c: tuple[int, float, dict[str, float]]) -> tuple[float, float, float, int, float]:
-            f1 = c[2]["f1"]
-            outside = max(lo - f1, f1 - hi, 0.0)
-            return outside, abs(f1 - 0.5), -c[2]["member_acc"], c[0], -c[1]
+            top, bottom = c[2]["f1"], c[2]["f1_min"]
+            outside = max(lo - bottom, top - hi, 0.0)
+            return outside, max(abs(top - 0.5), abs(bottom - 0.5)), -c[2]["member_acc"], c[0], -c[1]
 
         intensity, alpha, chosen = min(pool, key=rank)
         self.intensity, self.alpha = intensity, alpha
         self.records.append({
-            "fit": "augmixcloak", "intensity": intensity, "alpha": alpha, "in_band": lo <= chosen["f1"] <= hi,
+            "fit": "augmixcloak", "intensity": intensity, "alpha": alpha,
+            "in_band": lo <= chosen["f1_min"] and chosen["f1"] <= hi,
             "benign_kept": bool(benign), "samples": n, "matched": int(len(k)), "grid_points": len(grid),
             **{f"sim_{key}": v for key, v in chosen.items()},
             **{f"sim_{key}_undefended": v for key, v in base.items()},
         })
+
+
+def _signals(y: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The metric attacks the node simulates, as membership scores of probabilities ``(N, K)`` (higher =
+    more member-like): minus the loss, the top confidence, minus the entropy, minus the modified entropy
+    (Song and Mittal, 2021)."""
+    rows = torch.arange(len(y))
+
+    def modified_entropy(q: torch.Tensor) -> torch.Tensor:
+        p = q.to(torch.float64).clamp(1e-12, 1 - 1e-12)
+        py = p[rows, y]
+        others = -(p * torch.log(1 - p)).sum(1) + py * torch.log(1 - py)
+        return -(-(1 - py) * torch.log(py) + others)
+
+    return {
+        "loss": lambda q: torch.log(q[rows, y].clamp_min(1e-12)),
+        "confidence": lambda q: q.max(1).values,
+        "entropy": lambda q: (q * torch.log(q.clamp_min(1e-12))).sum(1),
+        "modified_entropy": modified_entropy,
+    }
 
 
 def _f1(predicted: np.ndarray, member: np.ndarray) -> float:

@@ -106,7 +106,8 @@ def test_tuning_picks_a_setting_in_the_band_and_reports_it():
     assert rec["fit"] == "augmixcloak" and rec["samples"] == 60 and rec["matched"] == 60
     assert rec["grid_points"] == 5 * 9
     assert rec["sim_f1_undefended"] > 0.65  # the memorising model leaks
-    assert rec["in_band"] and 0.35 <= rec["sim_f1"] <= 0.65
+    assert rec["in_band"] and 0.35 <= rec["sim_f1_min"] <= rec["sim_f1"] <= 0.65
+    assert all(0.35 <= rec[f"sim_f1_{a}"] <= 0.65 for a in ("loss", "confidence", "entropy", "modified_entropy"))
     assert (d.intensity, d.alpha) == (rec["intensity"], rec["alpha"]) and rec["alpha"] < 1.0
     # non-members never match the index, so their answers (and accuracy) are the undefended ones
     assert rec["sim_non_member_acc"] == rec["sim_non_member_acc_undefended"]
