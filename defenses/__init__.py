@@ -1,8 +1,8 @@
 """dfl-sim plugin package: defenses, registered into ``dfl.registries.DEFENSES``.
 
 Query-time (``dfl.query.QueryDefense``): augmixcloak, confidence_masking, confidence_regularization,
-confidence_perturbation, image_perturbation. Training-time (``dfl.query.TrainingDefense``): adamixup,
-mixup, label_smoothing, weight_penalty (L1/L2). Dropout is ``model.params.dropout``.
+confidence_perturbation, image_perturbation, memguard. Training-time (``dfl.query.TrainingDefense``):
+adamixup, mixup, label_smoothing, weight_penalty (L1/L2), dp_sgd (Opacus). Dropout is ``model.params.dropout``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from defenses import (
     confidence_masking,
     confidence_perturbation,
     confidence_regularization,
+    dp_sgd,
     image_perturbation,
     label_smoothing,
+    memguard,
     mixup,
     weight_penalty,
 )
 
 __all__ = ["adamixup", "augmixcloak", "confidence_masking", "confidence_perturbation", "confidence_regularization",
-           "image_perturbation", "label_smoothing", "mixup", "weight_penalty"]
+           "dp_sgd", "image_perturbation", "label_smoothing", "memguard", "mixup", "weight_penalty"]

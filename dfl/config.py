@@ -311,6 +311,20 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         for j, n in enumerate(d.nodes if isinstance(d.nodes, list) else []):
             if not 0 <= n < cfg.nodes:
                 errors.append((f"defenses.{i}.nodes.{j}", f"node id {n} is out of range; ids run from 0 to {cfg.nodes - 1}"))
+    if not errors:
+        errors += defense_checks(cfg)
+    return errors
+
+
+def defense_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """What a defense requires of the rest of the experiment: ``config_errors(cfg, index)`` of its registered class."""
+    from dfl.registries import DEFENSES
+
+    errors: list[tuple[str, str]] = []
+    for i, d in enumerate(cfg.defenses):
+        check = getattr(DEFENSES.get(d.name).obj, "config_errors", None) if d.name in DEFENSES else None
+        if check is not None:
+            errors += check(cfg, i)
     return errors
 
 

@@ -136,7 +136,8 @@ class Participant:
         return [b.to(self.device) for b in out] if self.device.type != "cpu" else out
 
     def train_round(self, round_idx: int) -> dict[str, float]:
-        """Local training of round ``round_idx``; returns the mean training loss and the step count."""
+        """Local training of round ``round_idx``; returns the mean training loss, the step count and
+        whatever the training-time defenses report (e.g. ``dp_epsilon``)."""
         if self.training.reset_optimizer:
             self.optimizer = self._make_optimizer()
         model, opt, data = self.model, self.optimizer, self.data["train"]
@@ -145,18 +146,25 @@ class Participant:
         batches = self.batches(round_idx)
         defenses = self.training_defenses
         g = torch_generator(self.seed, TRAIN_DEFENSE, self.node_id, round_idx) if defenses else None
-        for step, idx in enumerate(batches):
+        stats: dict[str, float] = {}
+        for d in defenses:  # the node's own optimizer keeps its state; a wrapper lives for this round only
+            opt = d.wrap(model, opt, round_idx, len(batches), self.training.batch_size, self.num_samples)
+        try:
+            for step, idx in enumerate(batches):
+                opt.zero_grad(set_to_none=True)
+                if defenses:
+                    loss = self._defended_loss(data.x[idx], data.y[idx], (round_idx + step / len(batches)) / self.total_rounds, g)
+                else:
+                    loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
             opt.zero_grad(set_to_none=True)
-            if defenses:
-                loss = self._defended_loss(data.x[idx], data.y[idx], (round_idx + step / len(batches)) / self.total_rounds, g)
-            else:
-                loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        opt.zero_grad(set_to_none=True)
+        finally:
+            for d in reversed(defenses):
+                stats.update(d.unwrap(model, round_idx))
         mean = float(torch.stack(losses).mean()) if losses else 0.0
-        return {"loss": mean, "steps": float(len(batches))}
+        return {"loss": mean, "steps": float(len(batches)), **stats}
 
     def _defended_loss(self, x: torch.Tensor, target: torch.Tensor, progress: float, g: Any) -> torch.Tensor:
         """Cross-entropy on the batch as the training-time defenses rewrite it, plus their penalties."""

@@ -114,6 +114,16 @@ class TrainingDefense:
         """A term added to the batch loss (``None``: nothing)."""
         return None
 
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, round_idx: int, steps: int,
+             batch_size: int, num_samples: int) -> torch.optim.Optimizer:
+        """The optimizer that takes the ``steps`` local steps of round ``round_idx`` (batches of
+        ``batch_size`` out of ``num_samples``); by default ``optimizer`` itself."""
+        return optimizer
+
+    def unwrap(self, model: nn.Module, round_idx: int) -> dict[str, float]:
+        """Undo :meth:`wrap` once the round's steps are done; returns stats for the node's training record."""
+        return {}
+
 
 def model_key(model: nn.Module) -> tuple[float, float]:
     """A fingerprint of a model's parameters and buffers (sum and sum of squares, in float64)."""

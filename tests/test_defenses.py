@@ -19,8 +19,9 @@ from dfl.rundir import RunDir
 load_plugins()
 _RNG = np.random.default_rng(0)
 _TRAIN = (_RNG.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8), _RNG.integers(0, 5, 40))
+_HOLDOUT = (_RNG.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8), _RNG.integers(0, 5, 40))
 CTX = DefenseContext(node=0, seed=0, num_classes=5, mean=np.array([0.5]), std=np.array([0.25]),
-                     neighbours=(1,), train_images=lambda node: _TRAIN)
+                     neighbours=(1,), train_images=lambda node: _TRAIN, holdout_images=lambda node: _HOLDOUT)
 
 
 def _model() -> nn.Module:
@@ -121,6 +122,8 @@ def test_participant_query_applies_its_defenses(tiny):
     ({"name": "tinfoil"}, "unknown defense 'tinfoil'"),
     ({"name": "confidence_masking", "params": {"mode": "blur"}}, "defenses.0.params.mode"),
     ({"name": "confidence_regularization", "nodes": [9]}, "defenses.0.nodes.0"),
+    ({"name": "memguard", "params": {"budget": 0.1}}, "defenses.0.params.budget"),
+    ({"name": "dp_sgd", "params": {"max_grad_norm": 0}}, "defenses.0.params.max_grad_norm"),
 ])
 def test_bad_defense_config_exits_2(tiny, write_cfg, capsys, defense, needle):
     from dfl.cli import main
@@ -174,7 +177,8 @@ def test_weight_penalty_matches_its_formula():
 
 
 @pytest.mark.parametrize("defense", [{"name": "adamixup"}, {"name": "mixup"}, {"name": "label_smoothing"},
-                                     {"name": "weight_penalty", "params": {"lam": 0.01}}])
+                                     {"name": "weight_penalty", "params": {"lam": 0.01}},
+                                     {"name": "dp_sgd", "params": {"noise_multiplier": 0.5}}])
 def test_training_defenses_change_training_deterministically(tiny, write_cfg, defense):
     """Applied to the honest nodes only (the attacker trains as usual); the same seed gives the same run."""
     tiny["rounds"] = 2
