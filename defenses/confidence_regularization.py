@@ -1,8 +1,9 @@
 """``confidence_regularization``: clip every logit to ``[-r, r]`` before the softmax (MIA-defence slides).
 
 Bounding the logits bounds the top confidence at ``e^r / (e^r + (K-1) e^-r)``, taking away the
-"confidence outliers" a threshold attack picks out. Clipping is monotone, so the predicted label is
-kept unless several logits clip to the same value (then the lowest index wins the tie).
+"confidence outliers" a threshold attack picks out. Clipping is monotone but makes the logits above
+``r`` tie; the tie is broken towards the original winner by moving the other tied logits a hair
+(``r / 1000``) inside the range, so the predicted label (and test accuracy) is kept.
 """
 
 from __future__ import annotations
@@ -26,4 +27,13 @@ class ConfidenceRegularization(QueryDefense):
     params: ConfidenceRegularizationParams
 
     def logits(self, z: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return z.clamp(-self.params.r, self.params.r)
+        r = self.params.r
+        c = z.clamp(-r, r)
+        win = z.argmax(1, keepdim=True)
+        top = c.gather(1, win)
+        tied = (c == top).scatter_(1, win, False)
+        hair = 1e-3 * r
+        # at the upper edge the others step down; where every logit sits at -r the winner steps up
+        lowered = torch.where(tied & (top > -r), c - hair, c)
+        return torch.where((top <= -r) & tied.any(1, keepdim=True), lowered.scatter_add(
+            1, win, torch.full_like(top, hair)), lowered)

@@ -84,7 +84,7 @@ class Adversary:
         model.eval()
         return model
 
-    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor) -> list[Record]:
+    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor) -> list[Record]:
         r = round_idx + 1
         todo = [(spec, atk) for spec, atk in self.attacks if scheduled(spec, r, self.cfg.rounds)]
         if not todo or not self.attackers:

@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dfl.config import ExperimentConfig, load_config, parse_override
 from dfl.errors import ConfigError, DataError, EngineFault, RunError
 from dfl.rundir import RunDir
+
+if TYPE_CHECKING:
+    import torch
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
@@ -132,7 +135,7 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
                 from dfl.adversary import Adversary
 
                 observers.append(Adversary(cfg, population))
-            fed = Federation(cfg, population, engine, observers)
+            fed = Federation(cfg, population, engine, observers, _states(snaps))
             failures = 0
             round_idx = start
             while round_idx < cfg.rounds:
@@ -142,7 +145,7 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
                     failures += 1
                     if failures > cfg.engine.ray.max_failures or not cfg.output.checkpoint_every:
                         raise
-                    round_idx = _recover(engine, rundir, fault, round_idx)
+                    round_idx, fed.starts = _recover(engine, rundir, fault, round_idx)
                     continue
                 rundir.append(records)
                 done = round_idx + 1
@@ -193,11 +196,19 @@ def _run_flower(cfg: ExperimentConfig, population: Any, rundir: RunDir, progress
     run_centralized(cfg, population, on_progress, rundir.append)
 
 
-def _recover(engine: Any, rundir: RunDir, fault: EngineFault, round_idx: int) -> int:
+def _states(snaps: list[dict[str, Any]] | None) -> torch.Tensor | None:
+    """The nodes' states ``(n_nodes, n_params)`` in participant snapshots (None for none)."""
+    import torch
+
+    return torch.stack([s["state"] for s in snaps]) if snaps is not None else None
+
+
+def _recover(engine: Any, rundir: RunDir, fault: EngineFault, round_idx: int) -> tuple[int, torch.Tensor | None]:
     """Replace the lost workers, roll every node back to the last checkpoint and log the fault.
 
-    Returns the round to continue from. Records written after the checkpoint are dropped, so the run
-    finishes with the metrics of an undisturbed run plus one ``kind: fault`` record.
+    Returns the round to continue from and the nodes' states there. Records written after the
+    checkpoint are dropped, so the run finishes with the metrics of an undisturbed run plus one
+    ``kind: fault`` record.
     """
     engine.recover(fault)
     ckpt = rundir.load_checkpoint()
@@ -205,7 +216,7 @@ def _recover(engine: Any, rundir: RunDir, fault: EngineFault, round_idx: int) ->
     rundir.truncate_metrics(ckpt["metrics_bytes"])
     rundir.append([{"round": round_idx + 1, "node": None, "kind": "fault", "nodes": list(fault.nodes),
                     "error": str(fault), "resumed_from_round": ckpt["round"]}])
-    return int(ckpt["round"])
+    return int(ckpt["round"]), _states(ckpt["participants"])
 
 
 # ------------------------------------------------------------------------------------------ compare

@@ -17,6 +17,7 @@ import torch
 from dfl.config import ExperimentConfig
 from dfl.engines.base import Engine
 from dfl.mixing import consensus_distance
+from dfl.participant import shared_tensors
 from dfl.population import Population
 from dfl.topology import build_graph, build_mixing
 
@@ -24,9 +25,14 @@ Record = dict[str, Any]
 
 
 class Observer(Protocol):
-    """Sees the states shared in a round (attackers hook in here); returns extra metric records."""
+    """Sees the states shared in a round (attackers hook in here); returns extra metric records.
 
-    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor) -> list[Record]: ...
+    ``shared``: ``(n_nodes, n_params)``, what every node shared after its local training in round
+    ``round_idx``; ``starts``: the states the nodes began that round from (the truth that an attacker
+    with exact knowledge is granted; an observer must not leak it into what attackers are given).
+    """
+
+    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor) -> list[Record]: ...
 
 
 class Federation:
@@ -38,12 +44,20 @@ class Federation:
         population: Population,
         engine: Engine,
         observers: list[Observer] | None = None,
+        starts: torch.Tensor | None = None,
     ) -> None:
         self.cfg = cfg
         self.population = population
         self.engine = engine
         self.observers = observers or []
         self._counts = population.sample_counts()
+        self.starts = starts  # the nodes' states at the start of the next round (None: the initial model)
+
+    def _starts(self) -> torch.Tensor:
+        if self.starts is None:
+            flat = torch.cat([t.detach().reshape(-1).float() for t in shared_tensors(self.population.template())])
+            self.starts = flat.expand(self.cfg.nodes, -1)
+        return self.starts
 
     def mixing_matrix(self, graph: nx.Graph) -> np.ndarray:
         """``W: (n_nodes, n_nodes)`` of the configured aggregator on ``graph``."""
@@ -61,8 +75,10 @@ class Federation:
         shared = self.engine.share()
         records: list[Record] = [{"round": r, "node": i, "kind": "train", **s} for i, s in enumerate(stats)]
         for obs in self.observers:
-            records += obs.observe(round_idx, graph, shared)
+            records += obs.observe(round_idx, graph, shared, self._starts())
         new = self.engine.mix(self.mixing_matrix(graph), shared)
+        if self.observers:
+            self.starts = new
         summary: Record = {
             "round": r,
             "node": None,

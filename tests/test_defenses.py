@@ -238,3 +238,14 @@ def test_augmixcloak_protects_query_access_only(tiny, write_cfg):
     assert cloaked["mia"]["loss_auc"] != base["mia"]["loss_auc"]
     assert cloaked["mia"]["loss_params_auc"] == base["mia"]["loss_params_auc"]
     assert [r for r in recs if r["kind"] == "eval"] == [r for r in base_recs if r["kind"] == "eval"]
+
+
+def test_confidence_regularization_keeps_the_predicted_label_within_the_range():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(5000, 10, generator=g) * 5  # most rows have several logits above r
+    z[0] = -5 - torch.rand(10, generator=g)     # every logit below -r
+    d = _defense("confidence_regularization", r=1.0)
+    out = d.logits(z, torch.Generator())
+    assert torch.equal(out.argmax(1), z.argmax(1))
+    assert float(out.max()) <= 1.0 and float(out.min()) >= -1.0
+    assert torch.equal(out[(z.abs() < 0.99).all(1)], z[(z.abs() < 0.99).all(1)])  # nothing clipped: unchanged
