@@ -60,6 +60,8 @@ class Adversary:
         self.attacks: list[tuple[AttackSpec, MembershipAttack]] = []
         for i, spec in enumerate(cfg.attacks):
             entry = ATTACKS.get(spec.name, f"attacks.{i}.name")
+            if getattr(entry.obj, "kind", "") == "inversion":  # run by dfl.inverter
+                continue
             self.attacks.append((spec, entry.obj(entry.parse_params(spec.params, f"attacks.{i}.params"))))
         splits = population.splits
         self._aux = population.train_pool(splits.auxiliary) if len(splits.auxiliary) else None

@@ -133,8 +133,12 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
             observers: list[Any] = []
             if cfg.attacks:
                 from dfl.adversary import Adversary
+                from dfl.inverter import Inverter, is_inversion
 
-                observers.append(Adversary(cfg, population))
+                if not all(is_inversion(a.name) for a in cfg.attacks):
+                    observers.append(Adversary(cfg, population))
+                if any(is_inversion(a.name) for a in cfg.attacks):
+                    observers.append(Inverter(cfg, population, rundir.path / "plots" if cfg.output.plots else None))
             fed = Federation(cfg, population, engine, observers, _states(snaps))
             failures = 0
             round_idx = start

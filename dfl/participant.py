@@ -70,6 +70,23 @@ def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
         raise ValueError(f"a state of {flat.numel()} values does not fit a model of {offset}")
 
 
+def local_batches(seed: int, node_id: int, round_idx: int, n: int, training: TrainingConfig) -> list[torch.Tensor]:
+    """Index batches into node ``node_id``'s ``n`` training samples for round ``round_idx``:
+    ``local_steps`` batches, or ``local_epochs`` shuffled passes (a pure function of its arguments)."""
+    bs = training.batch_size
+    g = torch_generator(seed, LOCAL_TRAIN, node_id, round_idx)
+    if training.local_steps is not None:
+        steps: int | None = training.local_steps
+        epochs = math.ceil(training.local_steps / math.ceil(n / bs))
+    else:
+        steps = None
+        epochs = training.local_epochs or 1
+    out: list[torch.Tensor] = []
+    for _ in range(epochs):
+        out += list(torch.randperm(n, generator=g).split(bs))
+    return out[:steps] if steps is not None else out
+
+
 class Participant:
     """A DFL node: ``train_round()``, ``state()``/``load_state()``, ``aggregate()``, ``evaluate()``, ``query()``."""
 
@@ -117,22 +134,8 @@ class Participant:
         return len(self.data["train"])
 
     def batches(self, round_idx: int) -> list[torch.Tensor]:
-        """Index batches of round ``round_idx``: ``local_steps`` batches, or ``local_epochs`` shuffled passes."""
-        n, bs = self.num_samples, self.training.batch_size
-        g = torch_generator(self.seed, LOCAL_TRAIN, self.node_id, round_idx)
-        if self.training.local_steps is not None:
-            steps = self.training.local_steps
-            per_epoch = math.ceil(n / bs)
-            epochs = math.ceil(steps / per_epoch)
-        else:
-            steps = None
-            epochs = self.training.local_epochs or 1
-        out: list[torch.Tensor] = []
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=g)
-            out += list(perm.split(bs))
-        if steps is not None:
-            out = out[:steps]
+        """Index batches of round ``round_idx`` (see :func:`local_batches`), on the participant's device."""
+        out = local_batches(self.seed, self.node_id, round_idx, self.num_samples, self.training)
         return [b.to(self.device) for b in out] if self.device.type != "cpu" else out
 
     def train_round(self, round_idx: int) -> dict[str, float]:

@@ -52,6 +52,7 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
     ]
     return {
         "mia": mia_summary(records),
+        "inversion": inversion_summary(records),
         "name": cfg.name,
         "seed": cfg.seed,
         "rounds": cfg.rounds,
@@ -85,6 +86,20 @@ def mia_summary(records: list[Record]) -> dict[str, float]:
     return out
 
 
+INVERSION_KEYS = ("psnr", "ssim", "mse", "label_acc", "recognisability", "start_error", "seconds")
+
+
+def inversion_summary(records: list[Record]) -> dict[str, float]:
+    """Per attack and knowledge, the mean over attacker-victim pairs and attacked rounds: ``{attack}_{knowledge}_{metric}``."""
+    inv = [r for r in records if r["kind"] == "inversion"]
+    out: dict[str, float] = {}
+    for attack, knowledge in sorted({(r["attack"], r["knowledge"]) for r in inv}):
+        rows = [r for r in inv if (r["attack"], r["knowledge"]) == (attack, knowledge)]
+        for k in INVERSION_KEYS:
+            out[f"{attack}_{knowledge}_{k}"] = float(np.mean([r[k] for r in rows]))
+    return out
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         path.write_text("")
@@ -109,6 +124,9 @@ def write_tables(out: Path, records: list[Record], summary: dict[str, Any], hist
     mia = [{k: v for k, v in r.items() if k not in ("kind", "roc_tpr")} for r in records if r["kind"] == "mia"]
     if mia:
         _write_csv(tables / "mia.csv", mia)
+    inversion = [{k: v for k, v in r.items() if k != "kind"} for r in records if r["kind"] == "inversion"]
+    if inversion:
+        _write_csv(tables / "inversion.csv", inversion)
     _write_csv(tables / "label_histogram.csv",
                [{"node": i, **{c: int(v) for c, v in zip(classes, row, strict=True)}} for i, row in enumerate(histograms)])
 
@@ -260,6 +278,19 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
                   "this set (an upper bound); the all-member baseline has accuracy 0.5 and F1 0.667.", "",
                   "| " + " | ".join(c.replace("victim_", "") for c in cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in mia]
+    inv = summary.get("inversion_rows", [])
+    if inv:
+        cols = ["round", "attacker", "node", "attack", "knowledge", "update", "local_steps", "batch_size", "psnr",
+                "ssim", "mse", "label_acc", "recognisability", "start_error", "seconds"]
+        lines += ["", "## Gradient inversion", "",
+                  "The attacker inverts each neighbour's update (shared state minus the start it assumes) as "
+                  "(pseudo-)gradients; reconstructions are paired with the images the victim trained on that round. "
+                  "`recognisability`: accuracy of the reference classifier "
+                  f"(test accuracy {inv[0].get('reference_test_acc', float('nan')):.3f}) on the reconstructions; "
+                  "`start_error`: |assumed start - true start| / |true update|.", "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in inv]
+        lines += [""] + [f"![{Path(r['grid']).stem}]({r['grid']})" for r in inv[:12] if "grid" in r]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     if len(histograms) <= 50:
@@ -278,6 +309,8 @@ def write_outputs(out: Path, cfg: ExperimentConfig, records: list[Record], count
     write_tables(out, records, summary, histograms, classes)
     plots = write_plots(out, cfg, records, graph) if cfg.output.plots else []
     mia_rows = [r for r in records if r["kind"] == "mia"]
-    write_report(out, cfg, {**summary, "mia_rows": mia_rows[-200:]}, plots, histograms, classes)
+    inv_rows = [r for r in records if r["kind"] == "inversion"]
+    write_report(out, cfg, {**summary, "mia_rows": mia_rows[-200:], "inversion_rows": inv_rows[-200:]}, plots,
+                 histograms, classes)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

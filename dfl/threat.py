@@ -102,3 +102,25 @@ class MembershipAttack(ABC):
         ``outputs(x) -> probabilities (B, num_classes)``: the victim's ``query()`` (``access: query``)
         or the softmax of its shared model (``access: params``).
         """
+
+
+class InversionAttack(ABC):
+    """A registered gradient-inversion attack; ``params`` is its validated ``Params`` model.
+
+    It sees what a neighbour's shared state reveals: a model holding the state the attacker believes
+    the victim began its round from, and the victim's update turned into per-parameter (pseudo-)gradients
+    (:func:`dfl.inversion.pseudo_gradient`). It knows the batch size and the label count, nothing of the
+    victim's data. The truth and the metrics stay with the scorer (``dfl.inverter``).
+    """
+
+    kind: ClassVar[str] = "inversion"
+    needs_auxiliary: ClassVar[bool] = False
+
+    def __init__(self, params: BaseModel) -> None:
+        self.params = params
+
+    @abstractmethod
+    def reconstruct(self, model: nn.Module, grads: list[torch.Tensor], batch_size: int, num_classes: int,
+                    image_shape: tuple[int, int, int], generator: torch.Generator,
+                    mean: np.ndarray, std: np.ndarray) -> Any:
+        """A :class:`dfl.inversion.Reconstruction` of ``batch_size`` images (normalised) and labels."""
