@@ -1,11 +1,19 @@
-"""dfl-sim plugin package: attacks (membership inference), registered into ``dfl.registries.ATTACKS``."""
+"""dfl-sim plugin package: attacks, registered into ``dfl.registries.ATTACKS``.
+
+Membership inference (``dfl.threat.MembershipAttack``): confidence, correctness, entropy, label_only,
+lira_offline, loss, modified_entropy, shadow_model, top1_threshold. Gradient inversion
+(``dfl.threat.InversionAttack``): dlg, idlg, inverting_gradients.
+"""
 
 from __future__ import annotations
 
 from attacks import (
     confidence,
     correctness,
+    dlg,
     entropy,
+    idlg,
+    inverting_gradients,
     label_only,
     lira_offline,
     loss,
@@ -14,5 +22,5 @@ from attacks import (
     top1_threshold,
 )
 
-__all__ = ["confidence", "correctness", "entropy", "label_only", "lira_offline", "loss", "modified_entropy",
-           "shadow_model", "top1_threshold"]
+__all__ = ["confidence", "correctness", "dlg", "entropy", "idlg", "inverting_gradients", "label_only", "lira_offline",
+           "loss", "modified_entropy", "shadow_model", "top1_threshold"]

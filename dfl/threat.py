@@ -11,11 +11,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from dfl.config import TrainingConfig
@@ -102,6 +102,16 @@ class MembershipAttack(ABC):
         ``outputs(x) -> probabilities (B, num_classes)``: the victim's ``query()`` (``access: query``)
         or the softmax of its shared model (``access: params``).
         """
+
+
+class InversionOptions(BaseModel):
+    """What every gradient-inversion attack's params share: the attacker's knowledge of the start state
+    and how many images it reconstructs."""
+
+    model_config = ConfigDict(extra="forbid")
+    knowledge: Literal["exact", "observed"] = Field(
+        "exact", description="exact: the victim's true start state (upper bound); observed: estimated from what was received")
+    batch_size: int | None = Field(None, gt=0, description="images to reconstruct (default: the victims' batch size)")
 
 
 class InversionAttack(ABC):
