@@ -2,7 +2,8 @@
 
 Query-time (``dfl.query.QueryDefense``): augmixcloak, confidence_masking, confidence_regularization,
 confidence_perturbation, image_perturbation, memguard. Training-time (``dfl.query.TrainingDefense``):
-adamixup, mixup, label_smoothing, weight_penalty (L1/L2), dp_sgd (Opacus). Dropout is ``model.params.dropout``.
+adamixup, mixup, label_smoothing, weight_penalty (L1/L2), dp_sgd (Opacus), defensive_augmentation; at share
+time (the update a node shares): update_pruning, update_noise. Dropout is ``model.params.dropout``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from defenses import (
     confidence_masking,
     confidence_perturbation,
     confidence_regularization,
+    defensive_augmentation,
     dp_sgd,
     image_perturbation,
     label_smoothing,
     memguard,
     mixup,
+    share_time,
     weight_penalty,
 )
 
 __all__ = ["adamixup", "augmixcloak", "confidence_masking", "confidence_perturbation", "confidence_regularization",
-           "dp_sgd", "image_perturbation", "label_smoothing", "memguard", "mixup", "weight_penalty"]
+           "defensive_augmentation", "dp_sgd", "image_perturbation", "label_smoothing", "memguard", "mixup",
+           "share_time", "weight_penalty"]

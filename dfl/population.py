@@ -141,7 +141,7 @@ class Population:
 
         neighbours = tuple(sorted(base_graph(self.cfg, 0).neighbors(node_id)))
         ctx = DefenseContext(node_id, self.cfg.seed, self.data.num_classes, self.mean, self.std, neighbours,
-                             self.train_images, self.holdout_images)
+                             self.train_images, self.holdout_images, list(self.data.classes))
         chain = []
         for i, spec in enumerate(self.cfg.defenses):
             if node_id not in defended_nodes(self.cfg, spec):

@@ -37,6 +37,7 @@ class DefenseContext:
     neighbours: tuple[int, ...] = ()
     train_images: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None  # node -> (uint8 (N,C,H,W), labels)
     holdout_images: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None  # likewise, the holdout split
+    class_names: list[str] | None = None  # the data set's class names, by class id
 
     def to_uint8(self, x: torch.Tensor) -> np.ndarray:
         """Normalised images back to uint8 pixels ``(N, C, H, W)`` (exact for images that were uint8)."""
