@@ -253,6 +253,8 @@ MIA_HEADLINE = ("_auc", "_accuracy", "_tpr_at_1_fpr", "_victim_gap")
 
 def is_headline_mia(metric: str) -> bool:
     """The attack metrics shown in comparison tables (every metric is in comparison.csv)."""
+    if metric.startswith("gi_"):
+        return metric.endswith(("_psnr", "_ssim", "_recognisability", "_start_error"))
     return metric.startswith("mia_") and metric.endswith(MIA_HEADLINE) and not metric.endswith("oracle_accuracy")
 
 
@@ -305,12 +307,13 @@ def compare(
                 on_run(label, len(results) + 1, total)
             res = run(cfg, out_dir=out / "runs")
             results.append(res)
-            finals.append({**res.summary["final"], **{f"mia_{k}": v for k, v in res.summary.get("mia", {}).items()}})
+            finals.append({**res.summary["final"], **{f"mia_{k}": v for k, v in res.summary.get("mia", {}).items()},
+                           **{f"gi_{k}": v for k, v in res.summary.get("inversion", {}).items()}})
             recs = RunDir(res.run_dir).records()
             curves.setdefault(label, []).append(
                 [(r["round"], r["mean_test_acc"]) for r in recs if r["kind"] == "round" and "mean_test_acc" in r])
         row: dict[str, Any] = {**values, "seeds": len(cfgs)}
-        extra = sorted({k for f in finals for k in f if k.startswith("mia_")})
+        extra = sorted({k for f in finals for k in f if k.startswith(("mia_", "gi_"))})
         for m in (*COMPARE_METRICS, *extra):
             vals = [f[m] for f in finals if m in f]
             if vals:

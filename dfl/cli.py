@@ -128,11 +128,12 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
 
     table = Table(title="comparison (mean ± std over seeds)")
     keys = [k for k in res.rows[0] if not k.endswith("_std") and k != "seeds"
-            and (not k.startswith("mia_") or k.endswith("_auc"))]
+            and (not k.startswith("mia_") or k.endswith("_auc"))
+            and (not k.startswith("gi_") or k.endswith(("_psnr", "_recognisability")))]
     short = {"mean_test_acc": "test acc", "min_test_acc": "min test acc", "mean_train_acc": "train acc",
              "mean_holdout_acc": "holdout acc", "generalization_gap": "gap", "consensus_distance": "consensus"}
     for k in keys:
-        table.add_column(short.get(k, k.removeprefix("mia_").replace("_auc", " AUC")))
+        table.add_column(short.get(k, k.removeprefix("mia_").removeprefix("gi_").replace("_auc", " AUC")))
     for row in res.rows:
         table.add_row(*[(f"{row[k]:.3f} ± {row[k + '_std']:.3f}" if row["seeds"] > 1 else f"{row[k]:.4f}")
                         if f"{k}_std" in row else str(row[k]) for k in keys])
