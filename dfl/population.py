@@ -149,7 +149,12 @@ class Population:
             entry = DEFENSES.get(spec.name, f"defenses.{i}.name")
             cls: Any = entry.obj
             if isinstance(cls, type) and issubclass(cls, kind):
-                defense = cls(entry.parse_params(spec.params, f"defenses.{i}.params"), ctx)
+                try:
+                    defense = cls(entry.parse_params(spec.params, f"defenses.{i}.params"), ctx)
+                except ValueError as exc:  # what only the data can tell, e.g. a class name it does not have
+                    from dfl.errors import ConfigError
+
+                    raise ConfigError([(f"defenses.{i}.params", str(exc))]) from None
                 defense.name = spec.name
                 chain.append(defense)
         return chain
