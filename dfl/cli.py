@@ -54,6 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--out", metavar="DIR", help="parent directory of the table's directory")
+
+    sa = sub.add_parser("search-augmentation",
+                        help="find the defensive-augmentation policy (best op and magnitude per class) against DP-SGD")
+    sa.add_argument("config", help="experiment YAML file (data, model and training recipe)")
+    sa.add_argument("--sigma", type=float, default=0.5, help="DP-SGD noise multiplier to beat (default 0.5)")
+    sa.add_argument("--max-grad-norm", type=float, default=1.0)
+    sa.add_argument("--ops", nargs="+", help="ops to try (default: all 14)")
+    sa.add_argument("--magnitudes", nargs="+", type=int, help="magnitudes to try, 0-9 (default: 1 3 5 7 9)")
+    sa.add_argument("--train-samples", type=int, default=2000)
+    sa.add_argument("--epochs", type=int, default=5)
+    sa.add_argument("--images-per-class", type=int, default=2)
+    sa.add_argument("--iterations", type=int, default=600, help="inverting-gradients steps per reconstruction")
+    sa.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    sa.add_argument("--out", metavar="DIR", default="runs/augmentation-search", help="output folder")
     return p
 
 
@@ -84,6 +98,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return _run(args, console)
     if args.command == "compare":
         return _compare(args, console)
+    if args.command == "search-augmentation":
+        return _search_augmentation(args, console)
     if args.command == "table":
         from dfl.tables import run_table
 
@@ -139,6 +155,33 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
                         if f"{k}_std" in row else str(row[k]) for k in keys])
     Console().print(table)
     print(f"comparison: {res.out_dir / 'comparison.md'}")
+    return 0
+
+
+def _search_augmentation(args: argparse.Namespace, console: Console) -> int:
+    from pathlib import Path
+
+    from defenses.defensive_augmentation import OPS
+    from dfl.api import validate
+    from dfl.augsearch import search, write
+    from dfl.errors import ConfigError
+
+    bad = [o for o in args.ops or [] if o not in OPS]
+    if bad:
+        raise ConfigError([("--ops", f"unknown op(s) {', '.join(bad)}; choose from {', '.join(OPS)}")])
+    if any(not 0 <= m <= 9 for m in args.magnitudes or []):
+        raise ConfigError([("--magnitudes", f"magnitudes must lie in 0..9, got {args.magnitudes}")])
+    for name in ("sigma", "train_samples", "epochs", "images_per_class", "iterations"):
+        if getattr(args, name) <= 0 and not (name == "sigma" and args.sigma == 0):
+            raise ConfigError([(f"--{name.replace('_', '-')}", f"must be positive, got {getattr(args, name)}")])
+    cfg = validate(args.config, args.sets)
+    result = search(cfg, sigma=args.sigma, max_grad_norm=args.max_grad_norm, ops=args.ops, magnitudes=args.magnitudes,
+                    train_samples=args.train_samples, epochs=args.epochs, images_per_class=args.images_per_class,
+                    iterations=args.iterations, log=lambda m: console.print(m, highlight=False))
+    out = Path(args.out)
+    write(result, out)
+    print((out / "report.md").read_text())
+    print(f"policy: {out / 'policy.yaml'}")
     return 0
 
 
