@@ -64,7 +64,12 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
 
     accountant = RDPAccountant()
     accountant.history = [(noise_multiplier, sample_rate, steps)]  # what `steps` calls of accountant.step() leave
-    return float(accountant.get_epsilon(delta))
+    # Opacus's default orders start at 1.1; small noise wants orders nearer 1 (an epsilon from too few orders
+    # is still a valid upper bound, so the warning that the smallest order won is not repeated to the user)
+    alphas = [1 + x / 100 for x in range(1, 10)] + [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")
+        return float(accountant.get_epsilon(delta, alphas=alphas))
 
 
 def model_errors(model: nn.Module) -> list[tuple[str, str]]:
