@@ -249,3 +249,17 @@ def test_confidence_regularization_keeps_the_predicted_label_within_the_range():
     assert torch.equal(out.argmax(1), z.argmax(1))
     assert float(out.max()) <= 1.0 and float(out.min()) >= -1.0
     assert torch.equal(out[(z.abs() < 0.99).all(1)], z[(z.abs() < 0.99).all(1)])  # nothing clipped: unchanged
+
+
+@pytest.mark.parametrize("defense", [{"name": "memguard"},
+                                     {"name": "confidence_masking", "params": {"mode": "rounding", "decimals": 1}}])
+def test_label_preserving_defenses_leave_accuracy_and_the_label_only_attack_unchanged(tiny, write_cfg, defense):
+    """They must not claim protection against an attack that reads labels only."""
+    attacks = [{"name": "label_only"}, {"name": "loss"}]
+    base, base_recs = _mia(copy.deepcopy(tiny), write_cfg, [], attacks)
+    defended, recs = _mia(copy.deepcopy(tiny), write_cfg, [defense], attacks)
+    assert defended["mia"]["label_only_auc"] == base["mia"]["label_only_auc"]
+    for key in ("label_only_answered_non_member_acc", "label_only_answered_member_acc"):
+        assert defended["mia"][key] == base["mia"][key]  # the answers' labels are the model's
+    assert defended["mia"]["loss_auc"] != base["mia"]["loss_auc"]  # while the scores do move
+    assert [r for r in recs if r["kind"] == "eval"] == [r for r in base_recs if r["kind"] == "eval"]
