@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_flower import Clock  # noqa: E402  (the same folder)
+
 from dfl.api import run  # noqa: E402
 
 CONFIG = ROOT / "experiments" / "ring_cifar10.yaml"
-
-
-class Clock:
-    """End time of each round, from the start of the call that runs them."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.ends: list[float] = []
-        self.last: dict[str, Any] = {}
-
-    def __call__(self, done: int, total: int, record: dict[str, Any]) -> None:
-        self.ends.append(time.perf_counter() - self.t0)
-        self.last = record
 
 
 def timed(overrides: list[str], out: Path) -> dict[str, Any]:

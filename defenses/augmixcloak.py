@@ -27,7 +27,6 @@ the choice is reported as a ``kind: defense`` record in metrics.jsonl.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -312,12 +311,15 @@ class AugMixCloak(QueryDefense):
         hashes = phash(u8)
         match = self.index.lookup(hashes, p.radius)
         k = np.flatnonzero(match.found)
-        signals = _signals(y)
-        thresholds = {a: best_threshold(f(clean).numpy(), member) for a, f in signals.items()}
+        from attacks.metric import entropy, loss, modified_entropy, top1
+
+        # membership scores (higher = more member-like) of the metric attacks the node simulates
+        signals = {"loss": loss, "confidence": top1, "entropy": entropy, "modified_entropy": modified_entropy}
+        thresholds = {a: best_threshold(f(clean, y).numpy(), member) for a, f in signals.items()}
 
         def figures(q: torch.Tensor) -> dict[str, float]:
             correct = (q.argmax(1) == y).numpy()
-            f1 = {a: _f1(f(q).numpy() >= thresholds[a], member) for a, f in signals.items()}
+            f1 = {a: _f1(f(q, y).numpy() >= thresholds[a], member) for a, f in signals.items()}
             return {"f1": max(f1.values()), "f1_min": min(f1.values()), **{f"f1_{a}": v for a, v in f1.items()},
                     "member_acc": float(correct[member].mean()), "non_member_acc": float(correct[~member].mean())}
 
@@ -349,26 +351,6 @@ class AugMixCloak(QueryDefense):
             **{f"sim_{key}": v for key, v in chosen.items()},
             **{f"sim_{key}_undefended": v for key, v in base.items()},
         })
-
-
-def _signals(y: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """The metric attacks the node simulates, as membership scores of probabilities ``(N, K)`` (higher =
-    more member-like): minus the loss, the top confidence, minus the entropy, minus the modified entropy
-    (Song and Mittal, 2021)."""
-    rows = torch.arange(len(y))
-
-    def modified_entropy(q: torch.Tensor) -> torch.Tensor:
-        p = q.to(torch.float64).clamp(1e-12, 1 - 1e-12)
-        py = p[rows, y]
-        others = -(p * torch.log(1 - p)).sum(1) + py * torch.log(1 - py)
-        return -(-(1 - py) * torch.log(py) + others)
-
-    return {
-        "loss": lambda q: torch.log(q[rows, y].clamp_min(1e-12)),
-        "confidence": lambda q: q.max(1).values,
-        "entropy": lambda q: (q * torch.log(q.clamp_min(1e-12))).sum(1),
-        "modified_entropy": modified_entropy,
-    }
 
 
 def _f1(predicted: np.ndarray, member: np.ndarray) -> float:

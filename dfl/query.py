@@ -66,6 +66,8 @@ class QueryDefense:
     def prepare(self, model: nn.Module) -> None:
         """Called with the node's model before it answers a batch of queries; calls :meth:`fit` when the
         model's state differs from the one the defense was last fitted to."""
+        if type(self).fit is QueryDefense.fit:  # nothing fitted to the model: no fingerprint on every query
+            return
         key = model_key(model)
         if key != self._fitted_to:
             self.fit(model)
