@@ -221,6 +221,15 @@ def _write(out: Path, name: str, dataset: str, table: Table, rows: list[str], ru
             cell = [r for r in runs if r["row"] == row and r["column"] == col]
             vals = [f"{np.mean([r[h] for r in cell]):.3f} ± {np.std([r[h] for r in cell]):.3f}" for h in headers]
             lines.append("| " + " | ".join([row, col] if col else [row]) + " | " + " | ".join(vals) + " |")
+    lines += ["", f"Change against {rows[0]} (each run minus the {rows[0]} run of the same seed and topology; mean ± std):", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows[1:]:
+        for col in cols:
+            base = {r["seed"]: r for r in runs if r["row"] == rows[0] and r["column"] == col}
+            cell = [r for r in runs if r["row"] == row and r["column"] == col]
+            deltas = [[r[h] - base[r["seed"]][h] for r in cell] for h in headers]
+            vals = [f"{np.mean(d):+.3f} ± {np.std(d):.3f}" for d in deltas]
+            lines.append("| " + " | ".join([row, col] if col else [row]) + " | " + " | ".join(vals) + " |")
     if table.note:
         lines += ["", table.note]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -26,7 +26,16 @@ def test_perturbation_table_on_digits(tmp_path, capsys):
         assert float(by[("no defense", seed)]["top-one attack acc"]) >= 0.0
     report = (out / "report.md").read_text()
     assert "| defense | target acc | top-one attack acc | top-one AUC |" in report
-    assert report.count(" ± ") == 1 + len(TABLES["perturbation"].rows) * 3  # the caption, then every cell
+    n = len(TABLES["perturbation"].rows)
+    assert report.count(" ± ") == 2 + n * 3 + (n - 1) * 3  # two captions, every cell, every change
+    # the change table pairs runs by seed: clipping keeps every label, so target accuracy moves by exactly 0
+    change = report.split("Change against no defense")[1]
+    line = next(x for x in change.splitlines() if x.startswith("| confidence regularization (r 1) |"))
+    assert line.split(" | ")[1] == "+0.000 ± 0.000"
+    attack = [float(by[("all three", s)]["top-one attack acc"]) - float(by[("no defense", s)]["top-one attack acc"])
+              for s in ("0", "1")]
+    line = next(x for x in change.splitlines() if x.startswith("| all three |"))
+    assert line.split(" | ")[2] == f"{sum(attack) / 2:+.3f} ± {abs(attack[0] - attack[1]) / 2:.3f}"
     assert "report.md" in capsys.readouterr().out
     assert len(list((out / "runs").iterdir())) == len(rows)
 
