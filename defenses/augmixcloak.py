@@ -2,7 +2,8 @@
 
 AugMixCloak (shared/papers/augmixcloak-summary.txt, arXiv 2505.07149). A node indexes the 64-bit pHash
 of its training images (with labels) and of its neighbours' (the arrays they send over the round-0
-graph) in a :class:`defenses.phash_index.PHashIndex`. For each query:
+graph, and the arrays of new neighbours whenever a resampled topology brings some; an array once
+received stays indexed) in a :class:`defenses.phash_index.PHashIndex`. For each query:
 
 1. its pHash ``h`` is looked up (binary search; within Hamming distance ``d`` by multi-index hashing);
    a query that matches nothing passes unchanged;
@@ -27,6 +28,7 @@ the choice is reported as a ``kind: defense`` record in metrics.jsonl.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -239,14 +241,30 @@ class AugMixCloak(QueryDefense):
             raise ValueError("augmixcloak with tune: true needs the node's holdout images (non-members); "
                              "set data.holdout_fraction > 0")
         x, y = ctx.train_images(ctx.node)
-        parts = [PHashIndex(phash(x), y)]
-        if params.neighbours:
-            for j in ctx.neighbours:
-                xj, yj = ctx.train_images(j)
-                parts.append(PHashIndex(phash(xj), yj))
-        self.index = PHashIndex.merge(parts)
+        self.parts = {ctx.node: PHashIndex(phash(x), y)}
+        self.index = self.parts[ctx.node]
+        self.receive(ctx.neighbours)
         self.protos = torch.from_numpy(prototypes(x, y, ctx.num_classes))
         self.intensity, self.alpha = params.intensity, params.alpha
+
+    def receive(self, neighbours: Sequence[int]) -> bool:
+        """Index the training hashes of the ``neighbours`` not indexed yet (with ``neighbours: true``);
+        whether there were any."""
+        assert self.ctx.train_images is not None
+        new = [j for j in neighbours if j not in self.parts] if self.params.neighbours else []
+        for j in new:
+            xj, yj = self.ctx.train_images(j)
+            self.parts[j] = PHashIndex(phash(xj), yj)
+        if new:  # the node's own hashes first, then the neighbours' by id
+            me = self.ctx.node
+            self.index = PHashIndex.merge([self.parts[me]] + [self.parts[j] for j in sorted(self.parts) if j != me])
+        return bool(new)
+
+    def start_round(self, round_idx: int) -> None:
+        """Index the arrays of neighbours a resampled topology brought by this round (reported as a record)."""
+        if self.ctx.neighbours_until is not None and self.receive(self.ctx.neighbours_until(round_idx)):
+            self.records.append({"round_started": round_idx, "indexed_nodes": sorted(self.parts),
+                                 "indexed_hashes": len(self.index)})
 
     # ------------------------------------------------------------------ the defended query
 

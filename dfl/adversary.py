@@ -91,6 +91,9 @@ class Adversary:
         todo = [(spec, atk) for spec, atk in self.attacks if scheduled(spec, r, self.cfg.rounds)]
         if not todo or not self.attackers:
             return []
+        for chain in self._chains.values():  # the victims' defenses as of this round (e.g. a resampled graph)
+            for d in chain:
+                d.start_round(round_idx)
         records: list[Record] = []
         victim_models: dict[int, nn.Module] = {}
 

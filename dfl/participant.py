@@ -141,6 +141,8 @@ class Participant:
     def train_round(self, round_idx: int) -> dict[str, float]:
         """Local training of round ``round_idx``; returns the mean training loss, the step count and
         whatever the training-time defenses report (e.g. ``dp_epsilon``)."""
+        for q in self.query_defenses:
+            q.start_round(round_idx)
         if self.training.reset_optimizer:
             self.optimizer = self._make_optimizer()
         model, opt, data = self.model, self.optimizer, self.data["train"]

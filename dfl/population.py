@@ -8,6 +8,7 @@ Every node starts from the same initial model, drawn from the experiment seed.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,10 +59,11 @@ class Population:
     std: np.ndarray
     _template: nn.Module | None = field(default=None, repr=False)
     _test: Split | None = field(default=None, repr=False)
+    _met: dict[int, tuple[int, frozenset[int]]] = field(default_factory=dict, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without the per-process caches (the initial model and the test tensors are rebuilt)."""
-        return {**self.__dict__, "_template": None, "_test": None}
+        return {**self.__dict__, "_template": None, "_test": None, "_met": {}}
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> Population:
@@ -141,7 +143,8 @@ class Population:
 
         neighbours = tuple(sorted(base_graph(self.cfg, 0).neighbors(node_id)))
         ctx = DefenseContext(node_id, self.cfg.seed, self.data.num_classes, self.mean, self.std, neighbours,
-                             self.train_images, self.holdout_images, list(self.data.classes))
+                             self.train_images, self.holdout_images, list(self.data.classes),
+                             functools.partial(self.neighbours_until, node_id))
         chain = []
         for i, spec in enumerate(self.cfg.defenses):
             if node_id not in defended_nodes(self.cfg, spec):
@@ -158,6 +161,22 @@ class Population:
                 defense.name = spec.name
                 chain.append(defense)
         return chain
+
+    def neighbours_until(self, node_id: int, round_idx: int) -> tuple[int, ...]:
+        """Sorted ids of every node adjacent to ``node_id`` in the base graph of some topology epoch up to
+        round ``round_idx``'s (without resampling: the round-0 neighbours). Kept per node and extended
+        epoch by epoch, so a run that calls it every round builds each epoch's graph once."""
+        from dfl.topology import base_graph, epoch_of
+
+        epoch = epoch_of(self.cfg, round_idx)
+        seen, met = self._met.get(node_id, (-1, frozenset()))
+        earlier = epoch < seen  # a round before the last one asked about: from scratch, not kept
+        if earlier:
+            seen, met = -1, frozenset()
+        met = met.union(*(base_graph(self.cfg, e).neighbors(node_id) for e in range(seen + 1, epoch + 1)))
+        if not earlier:
+            self._met[node_id] = (epoch, met)
+        return tuple(sorted(met))
 
     def train_images(self, node_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Node ``node_id``'s training images as uint8 ``(N, C, H, W)`` and their labels."""

@@ -26,8 +26,9 @@ from torch import nn
 class DefenseContext:
     """What a defense of node ``node`` may use: its identity, the data normalisation, the run seed,
     and (for defenses that index training data, such as AugMixCloak) its own training images and its
-    neighbours' node ids in the round-0 graph, with a way to read a node's training images; and its
-    holdout split (images it never trained on: the non-members of its own simulated attacks)."""
+    neighbours' node ids in the round-0 graph (and, for dynamic topologies, every node it has been a
+    neighbour of up to a round), with a way to read a node's training images; and its holdout split
+    (images it never trained on: the non-members of its own simulated attacks)."""
 
     node: int
     seed: int
@@ -38,6 +39,8 @@ class DefenseContext:
     train_images: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None  # node -> (uint8 (N,C,H,W), labels)
     holdout_images: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None  # likewise, the holdout split
     class_names: list[str] | None = None  # the data set's class names, by class id
+    # round -> sorted ids of every node adjacent to this one in a topology epoch up to that round's
+    neighbours_until: Callable[[int], tuple[int, ...]] | None = None
 
     def to_uint8(self, x: torch.Tensor) -> np.ndarray:
         """Normalised images back to uint8 pixels ``(N, C, H, W)`` (exact for images that were uint8)."""
@@ -75,6 +78,10 @@ class QueryDefense:
 
     def fit(self, model: nn.Module) -> None:
         """Fit whatever depends on the model (nothing by default)."""
+
+    def start_round(self, round_idx: int) -> None:
+        """Called as round ``round_idx`` starts: by the node before its local training, and by the
+        adversary before it queries the node (nothing by default)."""
 
     def drain(self) -> list[dict[str, Any]]:
         """The records reported since the last call (then forgotten)."""

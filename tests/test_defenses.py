@@ -229,6 +229,52 @@ def test_augmixcloak_changes_members_only_and_deterministically():
     assert torch.equal(d.images(x, torch.Generator().manual_seed(5)), out)  # no randomness at all
 
 
+def test_augmixcloak_indexes_new_neighbours_when_the_topology_changes():
+    import dataclasses
+
+    rng = np.random.default_rng(7)
+    data = {j: (rng.integers(0, 256, (20, 1, 4, 4), dtype=np.uint8), rng.integers(0, 5, 20)) for j in range(3)}
+    ctx = dataclasses.replace(CTX, train_images=lambda node: data[node],
+                              neighbours_until=lambda r: (1,) if r < 2 else (1, 2))
+    entry = DEFENSES.get("augmixcloak")
+    d = entry.obj(entry.parse_params({"intensity": 3, "alpha": 0.5}), ctx)
+
+    def cloaked(node: int) -> bool:
+        x = (torch.from_numpy(data[node][0]).float() / 255 - 0.5) / 0.25
+        out = d.images(x, torch.Generator())
+        changed = (out != x).flatten(1).any(1)
+        assert bool(changed.all()) or not bool(changed.any())
+        return bool(changed.all())
+
+    assert cloaked(0) and cloaked(1) and not cloaked(2)
+    for r in (0, 1):
+        d.start_round(r)
+    assert not cloaked(2) and d.drain() == []
+    d.start_round(2)  # the resampled graph brings node 2: its array is indexed, node 1's stays
+    assert cloaked(0) and cloaked(1) and cloaked(2)
+    assert d.drain() == [{"round_started": 2, "indexed_nodes": [0, 1, 2], "indexed_hashes": 60}]
+    d.start_round(3)
+    assert d.drain() == []
+    solo = entry.obj(entry.parse_params({"neighbours": False}), ctx)
+    solo.start_round(5)
+    assert len(solo.index) == 20 and solo.drain() == []
+
+
+def test_a_resampled_topology_reaches_augmixcloak_in_a_run(tiny, write_cfg):
+    tiny.update(nodes=6, rounds=4, attackers=[0])
+    tiny["topology"] = {"name": "erdos_renyi", "params": {"p": 0.7}, "resample_every": 1}
+    _, recs = _mia(tiny, write_cfg, [{"name": "augmixcloak"}], [{"name": "loss", "every": 1}])
+    from dfl.config import ExperimentConfig
+    from dfl.topology import base_graph
+
+    cfg = ExperimentConfig.model_validate(tiny)
+    grown = [r for r in recs if r["kind"] == "defense" and "round_started" in r]
+    assert grown
+    for r in grown:  # the victim's own hashes and those of every node it has neighboured so far
+        met = set().union(*(base_graph(cfg, e).neighbors(r["node"]) for e in range(r["round_started"] + 1)))
+        assert r["indexed_nodes"] == sorted(met | {r["node"]}) and r["round_started"] == r["round"] - 1
+
+
 def test_augmixcloak_protects_query_access_only(tiny, write_cfg):
     attacks = [{"name": "loss"}, {"name": "loss", "access": "params"}]
     base, base_recs = _mia(copy.deepcopy(tiny), write_cfg, [], attacks)

@@ -355,3 +355,21 @@ def test_check_topology_checks_resampled_epochs() -> None:
     assert path == "topology" and "disconnected when resampled for round" in message
     static = config("erdos_renyi", 20, {"p": 0.2}, rounds=50, seed=seed)
     assert check_topology(static) == []
+
+
+def test_neighbours_until_is_the_union_over_the_epochs_so_far_in_any_call_order() -> None:
+    from dfl.population import Population
+
+    cfg = config("erdos_renyi", 12, {"p": 0.25}, resample_every=3, rounds=30, seed=4)
+    pop = Population(cfg, None, None, None, None)  # type: ignore[arg-type]  # only the topology is read
+
+    def union(node: int, r: int) -> tuple[int, ...]:
+        return tuple(sorted(set().union(*(base_graph(cfg, e).neighbors(node) for e in range(r // 3 + 1)))))
+
+    rounds = [0, 1, 5, 4, 13, 2, 29, 7, 29]  # forwards, backwards, skipping epochs, repeating
+    for node in (0, 5):
+        got = [pop.neighbours_until(node, r) for r in rounds]
+        assert got == [union(node, r) for r in rounds]
+    assert pop.neighbours_until(0, 29) != tuple(sorted(base_graph(cfg, 0).neighbors(0)))  # resampling added some
+    static = Population(config("ring", 8), None, None, None, None)  # type: ignore[arg-type]
+    assert static.neighbours_until(3, 19) == (2, 4)
