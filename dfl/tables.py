@@ -221,7 +221,8 @@ def _write(out: Path, name: str, dataset: str, table: Table, rows: list[str], ru
             cell = [r for r in runs if r["row"] == row and r["column"] == col]
             vals = [f"{np.mean([r[h] for r in cell]):.3f} ± {np.std([r[h] for r in cell]):.3f}" for h in headers]
             lines.append("| " + " | ".join([row, col] if col else [row]) + " | " + " | ".join(vals) + " |")
-    lines += ["", f"Change against {rows[0]} (each run minus the {rows[0]} run of the same seed and topology; mean ± std):", "",
+    same = "seed and topology" if cols != [""] else "seed"
+    lines += ["", f"Change against {rows[0]} (each run minus the {rows[0]} run of the same {same}; mean ± std):", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows[1:]:
         for col in cols:
