@@ -1,4 +1,4 @@
-"""The Python API the CLI is a thin layer over: ``run``, ``resume``, ``compare``, ``validate``.
+"""The Python API the CLI is a thin layer over: ``run``, ``run_all``, ``resume``, ``compare``, ``validate``.
 
     from dfl.api import run
     result = run("experiments/ring_digits.yaml", ["rounds=3"])
@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +92,65 @@ def run(
     population = prepare(cfg, population_factory)
     rundir = RunDir.create(cfg, Path(out_dir) if out_dir is not None else None)
     return _execute(cfg, population, rundir, 0, None, progress, stop_after, t0)
+
+
+def _run_detached(config: str | Path, overrides: list[str], out_dir: str) -> RunResult | str:
+    """:func:`run` in a worker process: the result, or the error's message (exceptions need not pickle)."""
+    try:
+        return run(config, overrides, out_dir=out_dir)
+    except Exception as exc:  # noqa: BLE001 -- reported by run_all, naming the run
+        return f"{type(exc).__name__}: {exc}"
+
+
+def check_jobs(jobs: int, runs: Iterable[tuple[str, ExperimentConfig]]) -> None:
+    """Raise ``ConfigError`` unless ``jobs`` runs at once can run the ``(label, config)`` pairs ``runs``."""
+    if jobs < 1:
+        raise ConfigError([("--jobs", f"must be at least 1, got {jobs}")])
+    if jobs > 1:
+        for label, cfg in runs:
+            if cfg.engine.name == "ray":
+                raise ConfigError([("--jobs", f"run {label!r} uses the Ray engine, which spreads one run over "
+                                              "the machine itself; use --jobs 1 or engine.name=serial")])
+
+
+def run_all(
+    specs: Sequence[tuple[str, str | Path, Sequence[str]]],
+    *,
+    out_dir: str | Path,
+    jobs: int = 1,
+    on_run: Callable[[str, int, int], None] | None = None,
+) -> list[RunResult]:
+    """Run every ``(label, config, overrides)`` of ``specs`` into ``out_dir``; the results in ``specs`` order.
+
+    ``jobs > 1`` runs that many at once, each in a fresh worker process. Runs share nothing, so every
+    run's metrics equal those of a sequential run. ``on_run(label, i, total)`` reports the i-th run as it
+    starts (sequential) or as it finishes (parallel). Runs on the Ray engine take ``jobs = 1``.
+    """
+    check_jobs(jobs, ((label, _config(config, sets)) for label, config, sets in specs) if jobs > 1 else ())
+    total = len(specs)
+    if jobs == 1 or total <= 1:
+        results = []
+        for i, (label, config, sets) in enumerate(specs):
+            if on_run:
+                on_run(label, i + 1, total)
+            results.append(run(config, sets, out_dir=out_dir))
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    found: dict[int, RunResult | str] = {}
+    with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_detached, str(config), list(sets), str(out_dir)): i
+                   for i, (_, config, sets) in enumerate(specs)}
+        for done, fut in enumerate(as_completed(futures), 1):
+            i = futures[fut]
+            found[i] = fut.result()
+            if on_run:
+                on_run(specs[i][0], done, total)
+    failed = [(specs[i][0], r) for i, r in sorted(found.items()) if isinstance(r, str)]
+    if failed:
+        raise RunError("; ".join(f"run {label!r} failed: {msg}" for label, msg in failed))
+    return [found[i] for i in range(total)]  # type: ignore[misc]
 
 
 def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, stop_after: int | None = None) -> RunResult:
@@ -277,8 +336,11 @@ def compare(
     overrides: Sequence[str] = (),
     out_dir: str | Path | None = None,
     on_run: Callable[[str, int, int], None] | None = None,
+    jobs: int = 1,
 ) -> CompareResult:
-    """Run the grid ``over`` x ``seeds`` and write one table (mean ± std over seeds) and plots."""
+    """Run the grid ``over`` x ``seeds`` and write one table (mean ± std over seeds) and plots.
+
+    ``jobs``: runs at once, each in its own process (see :func:`run_all`)."""
     if seeds < 1:
         raise ConfigError([("--seeds", f"must be at least 1, got {seeds}")])
     axes = [parse_over(o) for o in over]
@@ -289,24 +351,22 @@ def compare(
     for combo in itertools.product(*[vals for _, vals in axes]):
         sets = [f"{k}={v}" for (k, _), v in zip(axes, combo, strict=True)]
         label = ", ".join(sets)
-        cfgs = [load_config(config, [*overrides, *sets, f"seed={base.seed + s}"]) for s in range(seeds)]
-        cells.append((label, dict(zip([k for k, _ in axes], combo, strict=True)), cfgs))
-    for _, _, cfgs in cells:  # every cell's data must be there before anything runs
+        runs = [[*overrides, *sets, f"seed={base.seed + s}"] for s in range(seeds)]
+        cfgs = [load_config(config, r) for r in runs]
+        cells.append((label, dict(zip([k for k, _ in axes], combo, strict=True)), cfgs, runs))
+    for _, _, cfgs, _ in cells:  # every cell's data must be there before anything runs
         validate(cfgs[0])
+    check_jobs(jobs, [(label, cfg) for label, _, cfgs, _ in cells for cfg in cfgs])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir if out_dir is not None else base.output.dir) / f"compare-{base.name}-{stamp}"
     (out / "plots").mkdir(parents=True, exist_ok=False)
-    results: list[RunResult] = []
+    results = run_all([(label, config, r) for label, _, _, runs in cells for r in runs], out_dir=out / "runs",
+                      jobs=jobs, on_run=on_run)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[list[tuple[int, float]]]] = {}
-    total = len(cells) * seeds
-    for label, values, cfgs in cells:
+    for c, (label, values, cfgs, _) in enumerate(cells):
         finals: list[dict[str, float]] = []
-        for cfg in cfgs:
-            if on_run:
-                on_run(label, len(results) + 1, total)
-            res = run(cfg, out_dir=out / "runs")
-            results.append(res)
+        for res in results[c * seeds : (c + 1) * seeds]:
             finals.append({**res.summary["final"], **{f"mia_{k}": v for k, v in res.summary.get("mia", {}).items()},
                            **{f"gi_{k}": v for k, v in res.summary.get("inversion", {}).items()}})
             recs = RunDir(res.run_dir).records()

@@ -19,6 +19,8 @@ from rich.console import Console  # noqa: E402
 from dfl.errors import DflError  # noqa: E402
 
 FAMILIES = ("datasets", "partitioners", "models", "topologies", "aggregators", "attacks", "defenses")
+JOBS_HELP = ("runs at once, each in its own process (default 1); the figures do not depend on it, the serial "
+             "engine only")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=1, help="seeds per grid cell (seed, seed+1, ...)")
     c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--out", metavar="DIR", help="parent directory of the comparison directory")
+    c.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
 
     t = sub.add_parser("table", help="run one of the defense evaluation tables and write its report.md")
     t.add_argument("name", metavar="NAME", help="augmixcloak, adamixup or perturbation")
@@ -54,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--out", metavar="DIR", help="parent directory of the table's directory")
+    t.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
 
     sa = sub.add_parser("search-augmentation",
                         help="find the defensive-augmentation policy (best op and magnitude per class) against DP-SGD")
@@ -106,7 +110,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         def on_run(label: str, i: int, total: int) -> None:
             console.print(f"[{i}/{total}] {label}", highlight=False)
 
-        out = run_table(args.name, args.dataset, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run)
+        out = run_table(args.name, args.dataset, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run,
+                        jobs=args.jobs)
         print((out / "report.md").read_text())
         print(f"report: {out / 'report.md'}")
         return 0
@@ -139,7 +144,8 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     def on_run(label: str, i: int, total: int) -> None:
         console.print(f"[{i}/{total}] {label}", highlight=False)
 
-    res = api.compare(args.config, args.over, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run)
+    res = api.compare(args.config, args.over, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run,
+                      jobs=args.jobs)
     from rich.table import Table
 
     table = Table(title="comparison (mean ± std over seeds)")

@@ -120,7 +120,7 @@ class RayConfig(Strict):
 
 class EngineConfig(Strict):
     name: Literal["serial", "ray"] = "serial"
-    threads: int | None = Field(None, gt=0, description="torch threads per worker process; default: its CPU share")
+    threads: int | None = Field(None, gt=0, description="torch threads per worker process (default 1); part of the numerics: CPU kernels reduce by thread count")
     ray: RayConfig = Field(default_factory=RayConfig)
 
 

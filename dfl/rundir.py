@@ -67,13 +67,17 @@ class RunDir:
     def create(cls, cfg: ExperimentConfig, base: Path | None = None) -> RunDir:
         root = Path(base if base is not None else cfg.output.dir)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = root / f"{cfg.name}-{stamp}"
-        k = 1
-        while path.exists():
-            k += 1
-            path = root / f"{cfg.name}-{stamp}-{k}"
         try:
-            (path / "tables").mkdir(parents=True)
+            root.mkdir(parents=True, exist_ok=True)
+            path, k = root / f"{cfg.name}-{stamp}", 1
+            while True:  # claimed by mkdir itself, so runs started in the same second never share a directory
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    k += 1
+                    path = root / f"{cfg.name}-{stamp}-{k}"
+            (path / "tables").mkdir()
             (path / "plots").mkdir()
             (path / "checkpoints").mkdir()
         except OSError as exc:

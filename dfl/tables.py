@@ -162,8 +162,11 @@ def _phase_value(summaries: dict[str, dict[str, Any]], key: str) -> float:
 
 
 def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] | None = None,
-              out_dir: str | Path | None = None, on_run: Callable[[str, int, int], None] | None = None) -> Path:
-    """Run table ``name`` on ``dataset`` over ``seeds`` seeds; returns the folder holding its report.md."""
+              out_dir: str | Path | None = None, on_run: Callable[[str, int, int], None] | None = None,
+              jobs: int = 1) -> Path:
+    """Run table ``name`` on ``dataset`` over ``seeds`` seeds; returns the folder holding its report.md.
+
+    ``jobs``: runs at once, each in its own process (:func:`dfl.api.run_all`); the figures do not depend on it."""
     from dfl import api
     from dfl.config import load_config
 
@@ -179,22 +182,20 @@ def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] |
     rows = [(row, sets) for row, sets in table.rows if dataset not in table.skip.get(row, ())]
     cells = [(row, col, [*row_sets, *col_sets]) for row, row_sets in rows for col, col_sets in table.columns]
     base_cfg = load_config(config, base)
-    for _, _, sets in cells:  # every cell must be valid before anything runs
-        for _, phase_sets in table.phases:
-            api.validate(config, [*base, *phase_sets, *sets])
+    specs = [(f"{row}{', ' + col if col else ''}{', ' + phase if phase else ''}, seed {base_cfg.seed + s}", config,
+              [*base, *phase_sets, *sets, f"seed={base_cfg.seed + s}"])
+             for row, col, sets in cells for s in range(seeds) for phase, phase_sets in table.phases]
+    # every cell must be valid (and fit the jobs) before anything runs
+    api.check_jobs(jobs, [(label, api.validate(config, run_sets)) for label, _, run_sets in specs])
     out = Path(out_dir if out_dir is not None else base_cfg.output.dir) / f"table-{name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=False)
+    results = iter(api.run_all(specs, out_dir=out / "runs", jobs=jobs, on_run=on_run))
     runs: list[dict[str, Any]] = []
-    total, done = len(cells) * seeds * len(table.phases), 0
-    for row, col, sets in cells:
+    for row, col, _ in cells:
         for s in range(seeds):
-            summaries: dict[str, dict[str, Any]] = {}
-            for phase, phase_sets in table.phases:
-                done += 1
-                if on_run:
-                    on_run(f"{row}{', ' + col if col else ''}{', ' + phase if phase else ''}, seed {base_cfg.seed + s}",
-                           done, total)
-                res = api.run(config, [*base, *phase_sets, *sets, f"seed={base_cfg.seed + s}"], out_dir=out / "runs")
+            summaries = {}
+            for phase, _ in table.phases:
+                res = next(results)
                 summaries[phase] = {"summary": res.summary, "run_dir": res.run_dir.name}
             runs.append({"row": row, "column": col, "seed": base_cfg.seed + s,
                          "run_dir": " ".join(v["run_dir"] for v in summaries.values()),

@@ -105,6 +105,46 @@ def test_compare_validates_every_cell_before_running(tiny, write_cfg, tmp_path):
     assert not (tmp_path / "cmp").exists()
 
 
+def test_compare_with_jobs_runs_in_worker_processes_with_the_same_figures(tiny, write_cfg, tmp_path):
+    tiny["rounds"] = 2
+    cfg = write_cfg(tiny)
+    over = ["topology.name=ring,star"]
+    seen: list[tuple[str, int, int]] = []
+    one = api.compare(cfg, over, seeds=2, out_dir=tmp_path / "one")
+    two = api.compare(cfg, over, seeds=2, out_dir=tmp_path / "two", jobs=2, on_run=lambda *a: seen.append(a))
+    assert two.rows == one.rows
+    for a, b in zip(one.runs, two.runs, strict=True):  # in grid order, whatever order they finished in
+        assert _metrics(a.run_dir) == _metrics(b.run_dir)
+    assert sorted(i for _, i, _ in seen) == [1, 2, 3, 4] and {t for _, _, t in seen} == {4}
+    assert sorted(label for label, _, _ in seen) == ["topology.name=ring"] * 2 + ["topology.name=star"] * 2
+
+
+def test_run_all_names_the_run_that_failed_and_refuses_bad_jobs(tiny, write_cfg, tmp_path):
+    from dfl.errors import ConfigError, RunError
+
+    cfg = write_cfg(tiny)
+    with pytest.raises(RunError, match="run 'broken' failed: DataError: .*cifar10"):
+        api.run_all([("fine", cfg, []), ("broken", cfg, ["data.dataset={name: cifar10}", f"data.root={tmp_path / 'none'}"])],
+                    out_dir=tmp_path / "runs", jobs=2)
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # the fine run finished
+    with pytest.raises(ConfigError, match="--jobs"):
+        api.run_all([("a", cfg, [])], out_dir=tmp_path / "runs", jobs=0)
+    with pytest.raises(ConfigError, match="Ray engine"):
+        api.compare(cfg, ["seed=0,1"], out_dir=tmp_path / "cmp", jobs=2, overrides=["engine.name=ray"])
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_run_directories_started_in_the_same_second_are_distinct(tiny, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dfl.config import ExperimentConfig
+
+    cfg = ExperimentConfig.model_validate(tiny)
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: RunDir.create(cfg, tmp_path).path, range(16)))
+    assert len(set(dirs)) == 16 and all((d / "config.yaml").is_file() for d in dirs)
+
+
 def test_keyboard_interrupt_marks_the_run_and_resume_finishes_it(tiny, write_cfg):
     tiny["rounds"] = 4
     cfg = write_cfg(tiny)

@@ -40,7 +40,20 @@ def test_perturbation_table_on_digits(tmp_path, capsys):
     assert len(list((out / "runs").iterdir())) == len(rows)
 
 
+def test_a_table_run_with_jobs_has_the_same_figures(tmp_path, capsys):
+    tables = []
+    for jobs in ("1", "2"):
+        out = tmp_path / jobs
+        assert main(["table", "perturbation", "--dataset", "digits", "--seeds", "1", "--out", str(out), "--jobs", jobs,
+                     *[a for s in FAST for a in ("--set", s)]]) == 0
+        (d,) = out.glob("table-perturbation-digits-*")
+        rows = list(csv.DictReader(open(d / "table.csv")))
+        tables.append([{k: v for k, v in r.items() if k != "run_dir"} for r in rows])
+    assert tables[0] == tables[1] and len(tables[0]) == len(TABLES["perturbation"].rows)
+
+
 @pytest.mark.parametrize(("args", "needle"), [
+    (["table", "perturbation", "--jobs", "0"], "--jobs"),
     (["table", "nosuch"], "unknown table 'nosuch'"),
     (["table", "adamixup", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["table", "adamixup", "--seeds", "0"], "--seeds"),
