@@ -53,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("table", help="run one of the defense evaluation tables and write its report.md")
     t.add_argument("name", metavar="NAME", help="augmixcloak, adamixup or perturbation")
-    t.add_argument("--dataset", default="digits", help="cifar10 or digits (default digits)")
+    t.add_argument("--dataset", default="digits",
+                   help="cifar10 or digits (default digits), or any registered data set run on the --base settings")
+    t.add_argument("--base", metavar="cifar10|digits",
+                   help="base experiment for other data sets (default cifar10: the settings tuned there)")
     t.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--out", metavar="DIR", help="parent directory of the table's directory")
@@ -111,7 +114,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             console.print(f"[{i}/{total}] {label}", highlight=False)
 
         out = run_table(args.name, args.dataset, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run,
-                        jobs=args.jobs)
+                        jobs=args.jobs, base=args.base)
         print((out / "report.md").read_text())
         print(f"report: {out / 'report.md'}")
         return 0

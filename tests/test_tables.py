@@ -52,10 +52,25 @@ def test_a_table_run_with_jobs_has_the_same_figures(tmp_path, capsys):
     assert tables[0] == tables[1] and len(tables[0]) == len(TABLES["perturbation"].rows)
 
 
+def test_a_table_runs_on_any_registered_data_set_with_a_base_experiments_settings(tmp_path):
+    assert main(["table", "perturbation", "--dataset", "synthetic", "--base", "digits", "--seeds", "1",
+                 "--out", str(tmp_path), *[a for s in FAST for a in ("--set", s)]]) == 0
+    (out,) = tmp_path.glob("table-perturbation-synthetic-*")
+    report = (out / "report.md").read_text()
+    assert "on `experiments/tables/digits.yaml` with `data.dataset={name: synthetic}`" in report
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == len(TABLES["perturbation"].rows)
+    from dfl.rundir import RunDir
+
+    cfg = RunDir(runs[0]).config()
+    assert cfg.data.dataset.name == "synthetic" and cfg.training.local_epochs == 2  # the digits base, then --set
+
+
 @pytest.mark.parametrize(("args", "needle"), [
+    (["table", "perturbation", "--dataset", "svhn", "--base", "mnist"], "--base"),
     (["table", "perturbation", "--jobs", "0"], "--jobs"),
     (["table", "nosuch"], "unknown table 'nosuch'"),
-    (["table", "adamixup", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["table", "adamixup", "--dataset", "imagenet"], "unknown dataset 'imagenet'; known: cifar10, cifar100"),
     (["table", "adamixup", "--seeds", "0"], "--seeds"),
     (["table", "adamixup", "--set", "rounds=-1"], "rounds"),
 ])
@@ -74,7 +89,7 @@ def test_every_table_cell_is_a_valid_experiment():
             for _, col_sets in table.columns:
                 for _, phase_sets in table.phases:
                     for dataset in ("digits", "cifar10"):
-                        if dataset in table.skip.get(row, ()):
+                        if dataset not in table.only.get(row, (dataset,)):
                             continue
                         cfg = api.load_config(ROOT / "experiments" / "tables" / f"{dataset}.yaml",
                                               [f"attacks={table.attacks}", *phase_sets, *row_sets, *col_sets])
