@@ -166,5 +166,4 @@ class DLG(InversionAttack):
     def reconstruct(self, model: nn.Module, grads: list[torch.Tensor], batch_size: int, num_classes: int,
                     image_shape: tuple[int, int, int], generator: torch.Generator,
                     mean: np.ndarray, std: np.ndarray) -> Reconstruction:
-        options = self.params.model_dump(exclude={"knowledge", "batch_size"})
-        return dlg(model, grads, batch_size, num_classes, image_shape, generator=generator, **options)
+        return dlg(model, grads, batch_size, num_classes, image_shape, generator=generator, **self.options())

@@ -17,21 +17,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
-from attacks.dlg import lbfgs_match, model_device
+from attacks.dlg import DLGParams, lbfgs_match, model_device
 from dfl.inversion import Reconstruction
 from dfl.registries import ATTACKS
-from dfl.threat import InversionAttack, InversionOptions
+from dfl.threat import InversionAttack
 
 
-class IDLGParams(InversionOptions):
-    iterations: int = Field(300, gt=0, description="L-BFGS iterations (each up to max_eval closure evaluations)")
-    lr: float = Field(1.0, gt=0, description="L-BFGS step size")
-    history_size: int = Field(100, gt=0, description="L-BFGS memory")
-    max_eval: int = Field(20, gt=0, description="L-BFGS function evaluations per iteration (torch's max_iter)")
-    line_search: bool = Field(True, description="strong-Wolfe line search (see attacks.dlg)")
+class IDLGParams(DLGParams):
+    """DLG's L-BFGS settings (the labels are read off the gradient, not optimised)."""
 
 
 def last_linear_index(model: nn.Module) -> int:
@@ -118,5 +113,4 @@ class IDLG(InversionAttack):
     def reconstruct(self, model: nn.Module, grads: list[torch.Tensor], batch_size: int, num_classes: int,
                     image_shape: tuple[int, int, int], generator: torch.Generator,
                     mean: np.ndarray, std: np.ndarray) -> Reconstruction:
-        options = self.params.model_dump(exclude={"knowledge", "batch_size"})
-        return idlg(model, grads, batch_size, num_classes, image_shape, generator=generator, **options)
+        return idlg(model, grads, batch_size, num_classes, image_shape, generator=generator, **self.options())

@@ -122,6 +122,5 @@ class InvertingGradients(InversionAttack):
     def reconstruct(self, model: nn.Module, grads: list[torch.Tensor], batch_size: int, num_classes: int,
                     image_shape: tuple[int, int, int], generator: torch.Generator,
                     mean: np.ndarray, std: np.ndarray) -> Reconstruction:
-        options = self.params.model_dump(exclude={"knowledge", "batch_size"})
-        return inverting_gradients(model, grads, None, image_shape, batch_size=batch_size, generator=generator, mean=mean, std=std,
-                    **options)
+        return inverting_gradients(model, grads, None, image_shape, batch_size=batch_size, generator=generator, mean=mean,
+                                   std=std, **self.options())

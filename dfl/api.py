@@ -94,10 +94,13 @@ def run(
     return _execute(cfg, population, rundir, 0, None, progress, stop_after, t0)
 
 
-def _run_detached(config: str | Path, overrides: list[str], out_dir: str) -> RunResult | str:
+def _run_detached(cfg: ExperimentConfig, out_dir: str) -> RunResult | str:
     """:func:`run` in a worker process: the result, or the error's message (exceptions need not pickle)."""
+    from dfl.plugins import load_plugins
+
     try:
-        return run(config, overrides, out_dir=out_dir)
+        load_plugins()  # a fresh interpreter: the registries fill on first load
+        return run(cfg, out_dir=out_dir)
     except Exception as exc:  # noqa: BLE001 -- reported by run_all, naming the run
         return f"{type(exc).__name__}: {exc}"
 
@@ -114,34 +117,33 @@ def check_jobs(jobs: int, runs: Iterable[tuple[str, ExperimentConfig]]) -> None:
 
 
 def run_all(
-    specs: Sequence[tuple[str, str | Path, Sequence[str]]],
+    specs: Sequence[tuple[str, ExperimentConfig]],
     *,
     out_dir: str | Path,
     jobs: int = 1,
     on_run: Callable[[str, int, int], None] | None = None,
 ) -> list[RunResult]:
-    """Run every ``(label, config, overrides)`` of ``specs`` into ``out_dir``; the results in ``specs`` order.
+    """Run every ``(label, config)`` of ``specs`` into ``out_dir``; the results in ``specs`` order.
 
     ``jobs > 1`` runs that many at once, each in a fresh worker process. Runs share nothing, so every
     run's metrics equal those of a sequential run. ``on_run(label, i, total)`` reports the i-th run as it
     starts (sequential) or as it finishes (parallel). Runs on the Ray engine take ``jobs = 1``.
     """
-    check_jobs(jobs, ((label, _config(config, sets)) for label, config, sets in specs) if jobs > 1 else ())
+    check_jobs(jobs, specs)
     total = len(specs)
     if jobs == 1 or total <= 1:
         results = []
-        for i, (label, config, sets) in enumerate(specs):
+        for i, (label, cfg) in enumerate(specs):
             if on_run:
                 on_run(label, i + 1, total)
-            results.append(run(config, sets, out_dir=out_dir))
+            results.append(run(cfg, out_dir=out_dir))
         return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     found: dict[int, RunResult | str] = {}
     with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_detached, str(config), list(sets), str(out_dir)): i
-                   for i, (_, config, sets) in enumerate(specs)}
+        futures = {pool.submit(_run_detached, cfg, str(out_dir)): i for i, (_, cfg) in enumerate(specs)}
         for done, fut in enumerate(as_completed(futures), 1):
             i = futures[fut]
             found[i] = fut.result()
@@ -351,20 +353,19 @@ def compare(
     for combo in itertools.product(*[vals for _, vals in axes]):
         sets = [f"{k}={v}" for (k, _), v in zip(axes, combo, strict=True)]
         label = ", ".join(sets)
-        runs = [[*overrides, *sets, f"seed={base.seed + s}"] for s in range(seeds)]
-        cfgs = [load_config(config, r) for r in runs]
-        cells.append((label, dict(zip([k for k, _ in axes], combo, strict=True)), cfgs, runs))
-    for _, _, cfgs, _ in cells:  # every cell's data must be there before anything runs
+        cfgs = [load_config(config, [*overrides, *sets, f"seed={base.seed + s}"]) for s in range(seeds)]
+        cells.append((label, dict(zip([k for k, _ in axes], combo, strict=True)), cfgs))
+    for _, _, cfgs in cells:  # every cell's data must be there before anything runs
         validate(cfgs[0])
-    check_jobs(jobs, [(label, cfg) for label, _, cfgs, _ in cells for cfg in cfgs])
+    specs = [(label, cfg) for label, _, cfgs in cells for cfg in cfgs]
+    check_jobs(jobs, specs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir if out_dir is not None else base.output.dir) / f"compare-{base.name}-{stamp}"
     (out / "plots").mkdir(parents=True, exist_ok=False)
-    results = run_all([(label, config, r) for label, _, _, runs in cells for r in runs], out_dir=out / "runs",
-                      jobs=jobs, on_run=on_run)
+    results = run_all(specs, out_dir=out / "runs", jobs=jobs, on_run=on_run)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[list[tuple[int, float]]]] = {}
-    for c, (label, values, cfgs, _) in enumerate(cells):
+    for c, (label, values, cfgs) in enumerate(cells):
         finals: list[dict[str, float]] = []
         for res in results[c * seeds : (c + 1) * seeds]:
             finals.append({**res.summary["final"], **{f"mia_{k}": v for k, v in res.summary.get("mia", {}).items()},

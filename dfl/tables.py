@@ -194,11 +194,11 @@ def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] |
     rows = [(row, sets) for row, sets in table.rows if dataset in table.only.get(row, (dataset,))]
     cells = [(row, col, [*row_sets, *col_sets]) for row, row_sets in rows for col, col_sets in table.columns]
     base_cfg = load_config(config, common)
-    specs = [(f"{row}{', ' + col if col else ''}{', ' + phase if phase else ''}, seed {base_cfg.seed + s}", config,
-              [*common, *phase_sets, *sets, f"seed={base_cfg.seed + s}"])
-             for row, col, sets in cells for s in range(seeds) for phase, phase_sets in table.phases]
     # every cell must be valid (and fit the jobs) before anything runs
-    api.check_jobs(jobs, [(label, api.validate(config, run_sets)) for label, _, run_sets in specs])
+    specs = [(f"{row}{', ' + col if col else ''}{', ' + phase if phase else ''}, seed {base_cfg.seed + s}",
+              api.validate(config, [*common, *phase_sets, *sets, f"seed={base_cfg.seed + s}"]))
+             for row, col, sets in cells for s in range(seeds) for phase, phase_sets in table.phases]
+    api.check_jobs(jobs, specs)
     out = Path(out_dir if out_dir is not None else base_cfg.output.dir) / f"table-{name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=False)
     results = iter(api.run_all(specs, out_dir=out / "runs", jobs=jobs, on_run=on_run))

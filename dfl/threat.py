@@ -129,6 +129,10 @@ class InversionAttack(ABC):
     def __init__(self, params: BaseModel) -> None:
         self.params = params
 
+    def options(self) -> dict[str, Any]:
+        """The attack's own params (its optimiser settings), without the shared :class:`InversionOptions`."""
+        return self.params.model_dump(exclude=set(InversionOptions.model_fields))
+
     @abstractmethod
     def reconstruct(self, model: nn.Module, grads: list[torch.Tensor], batch_size: int, num_classes: int,
                     image_shape: tuple[int, int, int], generator: torch.Generator,

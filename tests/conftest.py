@@ -10,6 +10,19 @@ import yaml
 
 torch.set_num_threads(1)
 
+
+def memorising_mlp(x: torch.Tensor, y: torch.Tensor, hidden: int, classes: int, steps: int = 300) -> torch.nn.Module:
+    """A seeded 2-layer MLP trained full-batch with Adam until it has memorised ``(x, y)``, in eval mode."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, classes))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
 TINY: dict[str, Any] = {
     "name": "tiny",
     "seed": 0,

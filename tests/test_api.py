@@ -123,12 +123,12 @@ def test_run_all_names_the_run_that_failed_and_refuses_bad_jobs(tiny, write_cfg,
     from dfl.errors import ConfigError, RunError
 
     cfg = write_cfg(tiny)
+    broken = api.load_config(cfg, ["data.dataset={name: cifar10}", f"data.root={tmp_path / 'none'}"])
     with pytest.raises(RunError, match="run 'broken' failed: DataError: .*cifar10"):
-        api.run_all([("fine", cfg, []), ("broken", cfg, ["data.dataset={name: cifar10}", f"data.root={tmp_path / 'none'}"])],
-                    out_dir=tmp_path / "runs", jobs=2)
+        api.run_all([("fine", api.load_config(cfg)), ("broken", broken)], out_dir=tmp_path / "runs", jobs=2)
     assert len(list((tmp_path / "runs").iterdir())) == 1  # the fine run finished
     with pytest.raises(ConfigError, match="--jobs"):
-        api.run_all([("a", cfg, [])], out_dir=tmp_path / "runs", jobs=0)
+        api.run_all([("a", api.load_config(cfg))], out_dir=tmp_path / "runs", jobs=0)
     with pytest.raises(ConfigError, match="Ray engine"):
         api.compare(cfg, ["seed=0,1"], out_dir=tmp_path / "cmp", jobs=2, overrides=["engine.name=ray"])
     assert not (tmp_path / "cmp").exists()

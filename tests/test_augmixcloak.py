@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from conftest import memorising_mlp
 from torch import nn
 
 from defenses.augmixcloak import OPS, AugMixCloak, AugMixCloakParams, apply_op, augment, plan
@@ -87,15 +88,7 @@ def _pixels(u8: np.ndarray) -> torch.Tensor:
 
 def _memorising_model() -> nn.Module:
     """An MLP that has memorised the random labels of ``_TRAIN`` (so members are far easier than non-members)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 3))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = _pixels(_TRAIN[0]), torch.from_numpy(_TRAIN[1])
-    for _ in range(300):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+    return memorising_mlp(_pixels(_TRAIN[0]), torch.from_numpy(_TRAIN[1]), hidden=128, classes=3)
 
 
 def test_tuning_picks_a_setting_in_the_band_and_reports_it():

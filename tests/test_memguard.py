@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import memorising_mlp
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -39,15 +40,7 @@ def _memguard(ctx: DefenseContext = CTX, **params) -> MemGuard:
 @pytest.fixture(scope="module")
 def overfit() -> nn.Module:
     """A 2-layer MLP that memorises the 40 random training images (and knows nothing of the other 40)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 5))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = _images(_TRAIN[0]), torch.from_numpy(_TRAIN[1])
-    for _ in range(300):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+    return memorising_mlp(_images(_TRAIN[0]), torch.from_numpy(_TRAIN[1]), hidden=64, classes=5)
 
 
 @pytest.fixture(scope="module")
