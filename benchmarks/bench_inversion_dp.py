@@ -71,7 +71,7 @@ def main() -> None:
 
     print(f"reference classifier: {ref_acc:.3f} test accuracy; {args.images} images, {args.iterations} steps each")
     print(f"\n1. noisy update: one DP-SGD step (C {args.clip}) on one image, cnn {TABLE_CNN} at initialisation")
-    for sigma in (float(s) for s in args.sigmas.split(",")):
+    for sigma in (float(s) for s in args.sigmas.split(",") if s):
         images, ps, snr = [], [], []
         for i in range(args.images):
             torch.manual_seed(i)

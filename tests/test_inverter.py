@@ -94,3 +94,18 @@ def test_inversion_needs_params_access(tiny, write_cfg, capsys):
     raw["attacks"][0]["access"] = "query"
     assert main(["validate", str(write_cfg(raw))]) == 2
     assert "attacks.0.access" in capsys.readouterr().err
+
+
+def test_dp_sgd_noise_on_the_shared_update_degrades_reconstructions_with_sigma(tiny, write_cfg):
+    """One DP-SGD step on one image: the clipped gradient drowns in noise of std sigma * C per parameter."""
+    psnr = {}
+    for sigma in (0.0001, 0.01, 1.0):
+        raw = _gi(tiny)
+        raw["rounds"] = 1
+        raw["training"]["batch_size"] = 1
+        raw["attacks"] = [{"name": "inverting_gradients", "params": {"iterations": 200}}]
+        raw["defenses"] = [{"name": "dp_sgd", "params": {"noise_multiplier": sigma, "max_grad_norm": 1.0}}]
+        recs = _records(api.run(write_cfg(raw, f"dp{sigma}.yaml")))
+        assert len(recs) == 2
+        psnr[sigma] = sum(r["psnr"] for r in recs) / len(recs)
+    assert psnr[0.0001] > psnr[0.01] + 1 and psnr[0.01] > psnr[1.0] + 1, psnr
