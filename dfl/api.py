@@ -73,6 +73,8 @@ def validate(config: ExperimentConfig | str | Path, overrides: Sequence[str] = (
     except DataError as exc:
         msg = str(exc)
         raise DataError(msg if msg.startswith("data") else f"data.dataset ({cfg.data.dataset.name}): {msg}") from None
+    if cfg.init is not None:
+        RunDir.init_source(cfg.init)  # the model's size is checked against it when the model is built
     return cfg
 
 

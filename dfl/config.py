@@ -131,6 +131,13 @@ class OutputConfig(Strict):
     progress: bool = True
 
 
+class InitConfig(Strict):
+    """Start every node from one node's final state in a complete run, instead of a fresh seeded model."""
+
+    run: str = Field(description="the complete run's directory (it needs checkpoints/latest.pt of its last round)")
+    node: int = Field(0, ge=0, description="the node of that run whose final state every node starts from")
+
+
 class ExperimentConfig(Strict):
     """One experiment: data, partition, model, topology, rounds, attackers, engine."""
 
@@ -150,6 +157,7 @@ class ExperimentConfig(Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    init: InitConfig | None = Field(None, description="start from a trained model (same model settings) instead of a fresh one")
 
     @property
     def attacker_ids(self) -> list[int]:

@@ -2,7 +2,8 @@
 
 Holds the loaded data set, the seeded splits and the normalisation, and builds ``Participant(i)`` for
 any node id in any process (an engine may build its shard of participants where it runs them).
-Every node starts from the same initial model, drawn from the experiment seed.
+Every node starts from the same initial model, drawn from the experiment seed (or, with ``init``, one
+node's final state in a complete run).
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ import copy
 import functools
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dfl.config import ExperimentConfig
+from dfl.config import ExperimentConfig, InitConfig
 from dfl.data import ImageData, Splits, channel_stats, load_dataset, make_splits, to_float
+from dfl.errors import ConfigError
 from dfl.models import build_model
-from dfl.participant import Participant, Split
+from dfl.participant import Participant, Split, shared_tensors
 from dfl.query import TrainingDefense
+from dfl.rundir import RunDir
 from dfl.seeding import EVAL_SUBSET, MODEL_INIT, derive_seed, numpy_rng
 
 
@@ -31,8 +35,6 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            from dfl.errors import ConfigError
-
             raise ConfigError([("device", "cuda was requested but no CUDA device is visible; use device: auto or cpu")])
         deterministic_cuda()
     return torch.device(name)
@@ -67,8 +69,6 @@ class Population:
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> Population:
-        from pathlib import Path
-
         root = Path(cfg.data.root).expanduser() if cfg.data.root else None
         data = load_dataset(cfg.data.dataset, root)
         splits = make_splits(data, cfg.data, cfg.nodes, cfg.seed)
@@ -85,7 +85,22 @@ class Population:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(self.cfg.seed, MODEL_INIT))
                 self._template = build_model(self.cfg.model, self.data.shape, self.data.num_classes)
+            if self.cfg.init is not None:
+                self._load_init(self._template, self.cfg.init)
         return self._template
+
+    @staticmethod
+    def _load_init(model: nn.Module, init: InitConfig) -> None:
+        """Copy node ``init.node``'s final state in run ``init.run`` into ``model`` (its shared tensors)."""
+        source, state = RunDir.init_source(init)
+        tensors = shared_tensors(model)
+        total = sum(t.numel() for t in tensors)
+        if state.numel() != total:
+            raise ConfigError([("init.run", f"{source.path}'s model has {state.numel():,} parameters and buffers, this "
+                                            f"experiment's {total:,}; use the same model settings as that run")])
+        with torch.no_grad():
+            for t, part in zip(tensors, state.split([t.numel() for t in tensors]), strict=True):
+                t.copy_(part.view_as(t))
 
     def train_pool(self, idx: np.ndarray) -> Split:
         """Normalised tensors of ``x_train[idx]`` on this process's device."""
@@ -155,8 +170,6 @@ class Population:
                 try:
                     defense = cls(entry.parse_params(spec.params, f"defenses.{i}.params"), ctx)
                 except ValueError as exc:  # what only the data can tell, e.g. a class name it does not have
-                    from dfl.errors import ConfigError
-
                     raise ConfigError([(f"defenses.{i}.params", str(exc))]) from None
                 defense.name = spec.name
                 chain.append(defense)

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from dfl.config import ExperimentConfig, dump_config, parse_config, read_yaml
-from dfl.errors import RunError
+from dfl.config import ExperimentConfig, InitConfig, dump_config, parse_config, read_yaml
+from dfl.errors import ConfigError, RunError
 
 CHECKPOINT = "checkpoints/latest.pt"
 
@@ -144,6 +144,33 @@ class RunDir:
         buf = io.BytesIO()
         torch.save({"round": round_done, "metrics_bytes": self.metrics_size(), "participants": snaps}, buf)
         _atomic_write(self.path / CHECKPOINT, buf.getvalue())
+
+    @classmethod
+    def init_source(cls, init: InitConfig) -> tuple[RunDir, torch.Tensor]:
+        """The run ``init.run`` and node ``init.node``'s final state there; ``ConfigError`` naming the field if unfit."""
+        try:
+            source = cls.open(Path(init.run).expanduser())
+        except RunError as exc:
+            raise ConfigError([("init.run", str(exc))]) from None
+        return source, source.final_state(init.node)
+
+    def final_state(self, node: int) -> torch.Tensor:
+        """Node ``node``'s state at the end of this run, which must be complete (``init.run``)."""
+        field = "init.run"
+        if self.status != "complete":
+            raise ConfigError([(field, f"{self.path} is {self.status}, not complete; finish it first "
+                                       f"(dfl-sim run --resume {self.path}) or give a complete run")])
+        f = self.path / CHECKPOINT
+        if not f.is_file():
+            raise ConfigError([(field, f"{self.path} has no {CHECKPOINT}; give a run made with output.checkpoint_every > 0")])
+        ckpt = torch.load(f, weights_only=True)
+        rounds = self.config().rounds
+        if ckpt["round"] != rounds:
+            raise ConfigError([(field, f"{self.path}'s last checkpoint is of round {ckpt['round']} of {rounds}; give a "
+                                       "run whose output.checkpoint_every divides its rounds")])
+        if not 0 <= node < len(ckpt["participants"]):
+            raise ConfigError([("init.node", f"{self.path} has nodes 0-{len(ckpt['participants']) - 1}, not {node}")])
+        return ckpt["participants"][node]["state"]
 
     def load_checkpoint(self) -> dict[str, Any]:
         f = self.path / CHECKPOINT
