@@ -11,7 +11,7 @@ from dfl import api
 from dfl.cli import main
 from dfl.config import parse_config
 from dfl.population import Population
-from dfl.rundir import CHECKPOINT
+from dfl.rundir import CHECKPOINT, RunDir
 
 
 @pytest.fixture
@@ -69,3 +69,35 @@ def test_an_unfinished_source_exits_2_naming_init_run(tiny, write_cfg, tmp_path,
     assert main(["validate", str(write_cfg(raw, "from_partial.yaml"))]) == 2
     err = capsys.readouterr().err
     assert "init.run" in err and "--resume" in err
+
+
+def test_the_pretrained_dp_script_attacks_each_trained_model(tiny, tmp_path):
+    """experiments/gi_pretrained_dp_cifar10.sh on a tiny base: one trained model and one attack run per row."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from dfl.tables import ROOT
+
+    raw = copy.deepcopy(tiny)
+    raw["model"] = {"name": "cnn", "params": {"channels": [4, 8], "hidden": 16}}
+    raw["output"] = {"plots": False, "progress": False}
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "BASE": str(base), "SIGMAS": "0 1.0", "ITERATIONS": "5", "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    out = tmp_path / "out"
+    subprocess.run(["sh", str(ROOT / "experiments" / "gi_pretrained_dp_cifar10.sh"), str(out)], env=env, cwd=tmp_path,
+                   check=True, capture_output=True)
+    rows = (out / "summary.md").read_text().splitlines()[2:]
+    assert [r.split(" | ")[0] for r in rows] == ["| no defense", "| DP-SGD sigma 1.0"]
+    models = sorted((out / "model").iterdir())
+    attacks = sorted((out / "attack").iterdir())
+    for model, attack in zip(models, attacks, strict=True):
+        cfg = yaml.safe_load((attack / "config.yaml").read_text())
+        assert cfg["init"]["run"] == str(model) and cfg["defenses"] == []
+        state = torch.load(model / CHECKPOINT, weights_only=True)["participants"][0]["state"]
+        start = Population.from_config(RunDir(attack).config()).participant(3).state()
+        torch.testing.assert_close(start, state, rtol=0, atol=0)
+    assert yaml.safe_load((models[1] / "config.yaml").read_text())["defenses"][0]["params"]["noise_multiplier"] == 1.0

@@ -109,3 +109,15 @@ def test_dp_sgd_noise_on_the_shared_update_degrades_reconstructions_with_sigma(t
         assert len(recs) == 2
         psnr[sigma] = sum(r["psnr"] for r in recs) / len(recs)
     assert psnr[0.0001] > psnr[0.01] + 1 and psnr[0.01] > psnr[1.0] + 1, psnr
+
+
+def test_an_inversion_run_reads_its_saved_config_back_and_resumes_to_the_same_records(tiny, write_cfg):
+    raw = _gi(tiny)
+    full = api.run(write_cfg(raw))
+    saved = RunDir(full.run_dir).config()
+    assert [a.access for a in saved.attacks] == ["params"]
+    assert saved == parse_config(raw | {"output": saved.output.model_dump()})
+    part = api.run(write_cfg(raw, "part.yaml"), stop_after=1)
+    resumed = api.resume(part.run_dir)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(_records(resumed)) == strip(_records(full))
