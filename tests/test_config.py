@@ -15,10 +15,29 @@ def test_minimal_config_fills_defaults(tiny):
     assert "noise" in cfg.data.dataset.params
 
 
+def _shipped_configs():
+    """Every experiment file, and every cell of every defense table, as ``(label, path, overrides)``."""
+    from dfl.tables import ROOT, TABLES
+
+    yield from ((p.name, p, []) for p in sorted((ROOT / "experiments").rglob("*.yaml")))
+    for name, table in TABLES.items():
+        for row, row_sets in table.rows:
+            for phase, phase_sets in table.phases:
+                yield (f"{name}: {row}, {phase}", ROOT / "experiments" / "tables" / "cifar10.yaml",
+                       [f"attacks={table.attacks}", *phase_sets, *row_sets])
+
+
 def test_resolved_config_round_trips(tiny):
     cfg = parse_config(tiny)
     again = parse_config(yaml.safe_load(dump_config(cfg)))
     assert again == cfg
+
+
+def test_every_shipped_config_reads_back_from_its_saved_form():
+    """What a run directory's config.yaml holds parses to the same config (resume and init depend on it)."""
+    for label, path, overrides in _shipped_configs():
+        cfg = load_config(path, overrides)
+        assert parse_config(yaml.safe_load(dump_config(cfg))) == cfg, label
 
 
 @pytest.mark.parametrize(
