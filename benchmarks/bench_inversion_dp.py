@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,6 +33,7 @@ from dfl.inversion import gradient_of, psnr  # noqa: E402
 from dfl.models import build_model  # noqa: E402
 from dfl.participant import flatten_into_views  # noqa: E402
 from dfl.reference import recognisability, reference_classifier  # noqa: E402
+from dfl.rundir import RunDir  # noqa: E402
 
 SHAPE = (3, 32, 32)
 TABLE_CNN = {"channels": [32, 64], "hidden": 128, "norm": "group"}
@@ -90,12 +90,11 @@ def main() -> None:
     if args.runs:
         print("\n2. DP-trained (or undefended) model, clean gradient of one image; node 0's final state of each run")
     for run in args.runs:
-        config = yaml.safe_load((run / "config.yaml").read_text())
-        model = build_model(Spec(**config["model"]), SHAPE, 10)
-        flat = flatten_into_views(model)
-        state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["participants"][0]["state"]
+        source = RunDir.open(run)
+        config = source.config()
+        model = build_model(config.model, SHAPE, 10)
         with torch.no_grad():
-            flat.copy_(state)
+            flatten_into_views(model).copy_(source.final_state(0))
         images, ps = [], []
         for i in range(args.images):
             rec, p = attack(model, gradient_of(model, x_all[i : i + 1], y_all[i : i + 1]), i)
@@ -104,8 +103,8 @@ def main() -> None:
         aa = recognisability(reference, torch.cat(images), y_all)
         with torch.no_grad():
             own = float((model(x_all).argmax(1) == y_all).float().mean())
-        defenses = ", ".join(d["name"] + (f" sigma {d['params']['noise_multiplier']}" if d["name"] == "dp_sgd" else "")
-                             for d in config.get("defenses") or []) or "none"
+        defenses = ", ".join(d.name + (f" sigma {d.params['noise_multiplier']}" if d.name == "dp_sgd" else "")
+                             for d in config.defenses) or "none"
         print(f"  {run.name}: defenses {defenses}; model acc on these images {own:.2f}; attack acc {aa:.2f}  PSNR {np.mean(ps):5.2f} dB")
 
 

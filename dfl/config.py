@@ -288,6 +288,8 @@ def resolve_plugins(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         try:
             entry = registry.get(spec.name, f"{path}.name")
             spec.params = entry.parse_params(spec.params, f"{path}.params").model_dump(mode="json")
+            if getattr(entry.obj, "kind", "") == "inversion" and "access" not in spec.model_fields_set:
+                spec.access = "params"  # what it uses, written out so the saved config reads back the same
         except ConfigError as exc:
             errors += exc.errors
     return errors
@@ -362,12 +364,9 @@ def attack_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         if getattr(entry.obj, "needs_auxiliary", False) and cfg.data.auxiliary_fraction <= 0:
             errors.append((f"attacks.{i}.name", f"{spec.name} trains shadow models on the attacker's auxiliary data, "
                            "but data.auxiliary_fraction is 0; set it (e.g. 0.1)"))
-        if getattr(entry.obj, "kind", "") == "inversion":
-            if spec.access == "query" and "access" in spec.model_fields_set:
-                errors.append((f"attacks.{i}.access", f"{spec.name} inverts the state a neighbour shared, so it needs "
-                               "access: params (or leave access out)"))
-            else:
-                spec.access = "params"  # what it uses; so the saved config reads back the same
+        if getattr(entry.obj, "kind", "") == "inversion" and spec.access == "query" and "access" in spec.model_fields_set:
+            errors.append((f"attacks.{i}.access", f"{spec.name} inverts the state a neighbour shared, so it needs "
+                           "access: params (or leave access out)"))
         for r in spec.rounds or []:
             if not 1 <= r <= cfg.rounds:
                 errors.append((f"attacks.{i}.rounds", f"round {r} does not exist; rounds run from 1 to {cfg.rounds}"))

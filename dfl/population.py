@@ -92,7 +92,8 @@ class Population:
     @staticmethod
     def _load_init(model: nn.Module, init: InitConfig) -> None:
         """Copy node ``init.node``'s final state in run ``init.run`` into ``model`` (its shared tensors)."""
-        source, state = RunDir.init_source(init)
+        source = RunDir.init_source(init)
+        state = source.final_state(init.node)
         tensors = shared_tensors(model)
         total = sum(t.numel() for t in tensors)
         if state.numel() != total:

@@ -146,31 +146,27 @@ class RunDir:
         _atomic_write(self.path / CHECKPOINT, buf.getvalue())
 
     @classmethod
-    def init_source(cls, init: InitConfig) -> tuple[RunDir, torch.Tensor]:
-        """The run ``init.run`` and node ``init.node``'s final state there; ``ConfigError`` naming the field if unfit."""
+    def init_source(cls, init: InitConfig) -> RunDir:
+        """The complete run ``init.run``, checked to hold node ``init.node``'s final state (read from its config
+        and status, not its checkpoint); ``ConfigError`` naming the field if it does not."""
         try:
             source = cls.open(Path(init.run).expanduser())
         except RunError as exc:
             raise ConfigError([("init.run", str(exc))]) from None
-        return source, source.final_state(init.node)
+        if source.status != "complete":
+            raise ConfigError([("init.run", f"{source.path} is {source.status}, not complete; finish it first "
+                                            f"(dfl-sim run --resume {source.path}) or give a complete run")])
+        if not (source.path / CHECKPOINT).is_file():  # the last round is always checkpointed unless disabled
+            raise ConfigError([("init.run", f"{source.path} has no {CHECKPOINT}; give a run made with "
+                                            "output.checkpoint_every > 0")])
+        nodes = source.config().nodes
+        if init.node >= nodes:
+            raise ConfigError([("init.node", f"{source.path} has nodes 0-{nodes - 1}, not {init.node}")])
+        return source
 
     def final_state(self, node: int) -> torch.Tensor:
-        """Node ``node``'s state at the end of this run, which must be complete (``init.run``)."""
-        field = "init.run"
-        if self.status != "complete":
-            raise ConfigError([(field, f"{self.path} is {self.status}, not complete; finish it first "
-                                       f"(dfl-sim run --resume {self.path}) or give a complete run")])
-        f = self.path / CHECKPOINT
-        if not f.is_file():
-            raise ConfigError([(field, f"{self.path} has no {CHECKPOINT}; give a run made with output.checkpoint_every > 0")])
-        ckpt = torch.load(f, weights_only=True)
-        rounds = self.config().rounds
-        if ckpt["round"] != rounds:
-            raise ConfigError([(field, f"{self.path}'s last checkpoint is of round {ckpt['round']} of {rounds}; give a "
-                                       "run whose output.checkpoint_every divides its rounds")])
-        if not 0 <= node < len(ckpt["participants"]):
-            raise ConfigError([("init.node", f"{self.path} has nodes 0-{len(ckpt['participants']) - 1}, not {node}")])
-        return ckpt["participants"][node]["state"]
+        """Node ``node``'s state after the last round of this complete run (its last checkpoint)."""
+        return torch.load(self.path / CHECKPOINT, weights_only=True)["participants"][node]["state"]
 
     def load_checkpoint(self) -> dict[str, Any]:
         f = self.path / CHECKPOINT

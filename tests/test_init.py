@@ -11,7 +11,7 @@ from dfl import api
 from dfl.cli import main
 from dfl.config import parse_config
 from dfl.population import Population
-from dfl.rundir import CHECKPOINT, RunDir
+from dfl.rundir import RunDir
 
 
 @pytest.fixture
@@ -20,16 +20,12 @@ def source(tiny, write_cfg):
     return api.run(write_cfg(tiny, "source.yaml")).run_dir
 
 
-def _final(run_dir, node):
-    return torch.load(run_dir / CHECKPOINT, weights_only=True)["participants"][node]["state"]
-
-
 def test_every_node_starts_from_the_chosen_nodes_final_state(tiny, source):
     raw = copy.deepcopy(tiny)
     raw["init"] = {"run": str(source), "node": 2}
     pop = Population.from_config(parse_config(raw))
-    expected = _final(source, 2)
-    assert not torch.equal(expected, _final(source, 0))  # a ring: the nodes end apart
+    expected = RunDir(source).final_state(2)
+    assert not torch.equal(expected, RunDir(source).final_state(0))  # a ring: the nodes end apart
     for node in range(raw["nodes"]):
         torch.testing.assert_close(pop.participant(node).state(), expected, rtol=0, atol=0)
 
@@ -97,7 +93,7 @@ def test_the_pretrained_dp_script_attacks_each_trained_model(tiny, tmp_path):
     for model, attack in zip(models, attacks, strict=True):
         cfg = yaml.safe_load((attack / "config.yaml").read_text())
         assert cfg["init"]["run"] == str(model) and cfg["defenses"] == []
-        state = torch.load(model / CHECKPOINT, weights_only=True)["participants"][0]["state"]
+        state = RunDir(model).final_state(0)
         start = Population.from_config(RunDir(attack).config()).participant(3).state()
         torch.testing.assert_close(start, state, rtol=0, atol=0)
     assert yaml.safe_load((models[1] / "config.yaml").read_text())["defenses"][0]["params"]["noise_multiplier"] == 1.0
