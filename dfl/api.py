@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import time
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dfl.config import ExperimentConfig, load_config, parse_override
 from dfl.errors import ConfigError, DataError, EngineFault, RunError
-from dfl.rundir import RunDir
+from dfl.rundir import RunDir, check_out_dir, make_dir
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +76,18 @@ def validate(config: ExperimentConfig | str | Path, overrides: Sequence[str] = (
         raise DataError(msg if msg.startswith("data") else f"data.dataset ({cfg.data.dataset.name}): {msg}") from None
     if cfg.init is not None:
         RunDir.init_source(cfg.init)  # the model's size is checked against it when the model is built
+    preflight(cfg)
     return cfg
+
+
+def preflight(cfg: ExperimentConfig, out_dir: str | Path | None = None) -> None:
+    """What a run needs outside its config, checked before any data are loaded: a usable output place
+    (``--out`` or ``output.dir``) and, on a Ray cluster, that the cluster answers at ``engine.ray.address``."""
+    check_out_dir(Path(out_dir if out_dir is not None else cfg.output.dir), "--out" if out_dir is not None else "output.dir")
+    if cfg.engine.name == "ray" and cfg.engine.ray.address and cfg.topology.name != "centralized":
+        from dfl.engines.ray import check_address
+
+        check_address(cfg.engine.ray.address)
 
 
 def run(
@@ -91,6 +103,7 @@ def run(
     """Run an experiment to the end (or, with ``stop_after=k``, stop after round k as if interrupted)."""
     t0 = time.perf_counter() if t0 is None else t0
     cfg = _config(config, overrides)
+    preflight(cfg, out_dir)
     population = prepare(cfg, population_factory)
     rundir = RunDir.create(cfg, Path(out_dir) if out_dir is not None else None)
     return _execute(cfg, population, rundir, 0, None, progress, stop_after, t0)
@@ -169,8 +182,9 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, stop_afte
 
         check_resume(cfg)
     ckpt = rundir.load_checkpoint()
+    rundir.truncate_metrics(ckpt["metrics_bytes"])  # checked first: a run whose metrics were cut is not resumed
+    preflight(cfg, rundir.path.parent)
     population = prepare(cfg)
-    rundir.truncate_metrics(ckpt["metrics_bytes"])
     rundir.set_status("running")
     return _execute(cfg, population, rundir, ckpt["round"], ckpt["participants"], progress, stop_after, t0)
 
@@ -210,9 +224,18 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
                     records = fed.run_round(round_idx)
                 except EngineFault as fault:
                     failures += 1
-                    if failures > cfg.engine.ray.max_failures or not cfg.output.checkpoint_every:
-                        raise
-                    round_idx, fed.starts = _recover(engine, rundir, fault, round_idx)
+                    if not cfg.output.checkpoint_every:
+                        raise EngineFault(f"{fault}; with output.checkpoint_every 0 there is no checkpoint to "
+                                          "recover from: start the run again") from None
+                    if failures > cfg.engine.ray.max_failures:
+                        raise EngineFault(f"{fault}; that is {failures} faults, more than engine.ray.max_failures="
+                                          f"{cfg.engine.ray.max_failures}. The last checkpoint is intact: resume "
+                                          f"with `{rundir.resume_hint()}`") from None
+                    try:
+                        round_idx, fed.starts = _recover(engine, rundir, fault, round_idx)
+                    except EngineFault as lost:
+                        raise EngineFault(f"{lost}. The last checkpoint is intact: resume with "
+                                          f"`{rundir.resume_hint()}` once the cluster has room") from None
                     continue
                 rundir.append(records)
                 done = round_idx + 1
@@ -239,15 +262,27 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
         (rundir.path / "timings.json").write_text(json.dumps(timings, indent=2))
         rundir.set_status("complete")
         return RunResult(rundir.path, "complete", summary, timings)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM through the CLI's handler (Terminated)
         rundir.set_status("interrupted")
+        exc.run_dir = rundir.path  # type: ignore[attr-defined]  # the CLI names it in its resume hint
         raise
+    except OSError as exc:  # the run's own files: a full disk, a quota, a folder made read-only
+        rundir.set_status("failed")
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise RunError(f"{rundir.path}: cannot write the run's outputs: {exc.strerror or exc}{where}. Nothing "
+                       f"before the last checkpoint is lost: free space (or fix the folder), then resume with "
+                       f"`{rundir.resume_hint()}`") from None
     except BaseException:
         rundir.set_status("failed")
         raise
     finally:
         if engine is not None:
             engine.close()
+
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG})
 
 
 def _run_flower(cfg: ExperimentConfig, population: Any, rundir: RunDir, progress: ProgressFn | None,
@@ -347,6 +382,8 @@ def compare(
     ``jobs``: runs at once, each in its own process (see :func:`run_all`)."""
     if seeds < 1:
         raise ConfigError([("--seeds", f"must be at least 1, got {seeds}")])
+    if out_dir is not None:
+        check_out_dir(Path(out_dir), "--out")
     axes = [parse_over(o) for o in over]
     if not axes:
         raise ConfigError([("--over", "give at least one axis, e.g. --over topology.name=ring,star")])
@@ -363,7 +400,7 @@ def compare(
     check_jobs(jobs, specs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir if out_dir is not None else base.output.dir) / f"compare-{base.name}-{stamp}"
-    (out / "plots").mkdir(parents=True, exist_ok=False)
+    make_dir(out / "plots", "--out" if out_dir is not None else "output.dir")
     results = run_all(specs, out_dir=out / "runs", jobs=jobs, on_run=on_run)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[list[tuple[int, float]]]] = {}

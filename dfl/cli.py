@@ -11,12 +11,13 @@ import time
 _T0 = time.perf_counter()
 
 import argparse  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
 from rich.console import Console  # noqa: E402
 
-from dfl.errors import DflError  # noqa: E402
+from dfl.errors import DflError, Terminated, raise_terminated  # noqa: E402
 
 FAMILIES = ("datasets", "partitioners", "models", "topologies", "aggregators", "attacks", "defenses")
 JOBS_HELP = ("runs at once, each in its own process (default 1); the figures do not depend on it, the serial "
@@ -81,14 +82,27 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if _main_thread() else None
     try:
         return int(_dispatch(args, console) or 0)
     except DflError as exc:
         console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        console.print("interrupted; resume with `dfl-sim run --resume RUN_DIR`")
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        run_dir = getattr(exc, "run_dir", None)
+        hint = f"resume with `dfl-sim run --resume {run_dir}`" if run_dir else "no run was under way to resume"
+        console.print(f"{what}; {hint}", highlight=False, soft_wrap=True)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:

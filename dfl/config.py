@@ -9,6 +9,7 @@ they are validated like the file itself.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from pathlib import Path
@@ -169,12 +170,22 @@ class ExperimentConfig(Strict):
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file with ``yaml.safe_load``; syntax errors name the line and column."""
+    """Parse a YAML file with ``yaml.safe_load``; syntax errors name the line and column.
+
+    The file is read as bytes, so PyYAML's reader decodes it: UTF-8 (with or without a byte-order mark),
+    or UTF-16 with a byte-order mark; anything else is a ``ConfigError`` asking for UTF-8.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError([("", f"config file {str(p)!r} does not exist; check the path")])
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_bytes())
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read the file: {exc.strerror or exc}; check its permissions")],
+                          source=str(p)) from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([("", f"the file is not UTF-8 text ({exc.reason}: byte {_byte(exc.character)} at offset "
+                                f"{exc.position}); save it as UTF-8")], source=str(p)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -185,6 +196,39 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError([("", f"the file must hold a mapping of keys, got {type(raw).__name__}")], source=str(p))
     return raw
+
+
+def _byte(char: Any) -> str:
+    return f"0x{char:02x}" if isinstance(char, int) else repr(char)
+
+
+MAX_VALUES = 100_000  # scalars and containers in one config, counted with every alias expanded
+
+
+def raw_errors(raw: Any) -> list[tuple[str, str]]:
+    """Checks of the raw mapping before the schema sees it: its expanded size and its floats.
+
+    * YAML aliases let a few hundred bytes stand for billions of values (``*a9`` nesting ten ``*a8``...);
+      a config that expands past ``MAX_VALUES`` values is refused before anything walks it in full.
+    * Every number must be finite: ``.inf`` would pass a ``gt=0`` bound (``lr: .inf`` trains to NaN),
+      and ``.nan`` compares false with everything. No field of dfl-sim takes a non-finite value.
+    """
+    errors: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any]] = [("", raw)]
+    seen = 0
+    while stack:
+        path, value = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return [(path.split(".")[0], f"the config expands to more than {MAX_VALUES} values (YAML aliases "
+                                         "nested inside one another?); write the values out or shorten them")]
+        if isinstance(value, float) and not math.isfinite(value):
+            errors.append((path, f"{value} is not a finite number; give a finite value"))
+        elif isinstance(value, dict):
+            stack += [(f"{path}.{k}" if path else str(k), v) for k, v in reversed(value.items())]
+        elif isinstance(value, list):
+            stack += [(f"{path}.{i}" if path else str(i), v) for i, v in reversed(list(enumerate(value)))]
+    return errors
 
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^\d+$")
@@ -240,6 +284,9 @@ def parse_config(raw: dict[str, Any], overrides: list[str] = (), source: str | N
     for text in overrides:
         key, value = parse_override(text)
         raw = apply_override(raw, key, value)
+    errors = raw_errors(raw)
+    if errors:
+        raise ConfigError(errors, source=source)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -56,10 +56,24 @@ class EngineFault(DflError):
 
     exit_code = 1
 
-    def __init__(self, message: str, shard: int = -1, nodes: tuple[int, ...] = ()) -> None:
+    def __init__(self, message: str, shard: int = -1, nodes: tuple[int, ...] = (), recoverable: bool = True) -> None:
         super().__init__(message)
         self.shard = shard
         self.nodes = nodes
+        self.recoverable = recoverable
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (str(self), self.shard, self.nodes))
+        return (type(self), (str(self), self.shard, self.nodes, self.recoverable))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's or ``docker stop``'s), raised where the main thread is, like Ctrl-C: the
+    run stops as interrupted and can be resumed."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM handler: raise :class:`Terminated` once; later SIGTERMs are ignored while the run winds down."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()

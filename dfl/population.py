@@ -92,8 +92,7 @@ class Population:
     @staticmethod
     def _load_init(model: nn.Module, init: InitConfig) -> None:
         """Copy node ``init.node``'s final state in run ``init.run`` into ``model`` (its shared tensors)."""
-        source = RunDir.init_source(init)
-        state = source.final_state(init.node)
+        source, state = RunDir.init_source(init)
         tensors = shared_tensors(model)
         total = sum(t.numel() for t in tensors)
         if state.numel() != total:

@@ -113,6 +113,20 @@ def pydantic_errors(exc: ValidationError, prefix: str = "") -> list[tuple[str, s
         if err["type"] == "extra_forbidden":
             msg = "unknown key; remove it or check its spelling"
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {short_repr(err['input'])})"
         out.append((path, msg))
     return out
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, never building more of it than that.
+
+    ``reprlib`` stops at a few items per level, so a list of a billion values (a YAML alias bomb) costs
+    no more to show than a short one.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 6, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

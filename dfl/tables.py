@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from dfl.errors import ConfigError
+from dfl.rundir import check_out_dir, make_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = ("cifar10", "digits")  # the base experiments in experiments/tables/
@@ -209,6 +210,8 @@ def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] |
         swap = [f"data.dataset={{name: {dataset}}}"]
     if seeds < 1:
         raise ConfigError([("--seeds", f"must be at least 1, got {seeds}")])
+    if out_dir is not None:
+        check_out_dir(Path(out_dir), "--out")
     table = TABLES[name]
     config = ROOT / "experiments" / "tables" / f"{base}.yaml"
     common = [*swap, f"attacks={table.attacks}", *(overrides or [])]
@@ -221,7 +224,7 @@ def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] |
              for row, col, sets in cells for s in range(seeds) for phase, phase_sets in table.phases]
     api.check_jobs(jobs, specs)
     out = Path(out_dir if out_dir is not None else base_cfg.output.dir) / f"table-{name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=False)
+    make_dir(out, "--out" if out_dir is not None else "output.dir")
     results = iter(api.run_all(specs, out_dir=out / "runs", jobs=jobs, on_run=on_run))
     runs: list[dict[str, Any]] = []
     for row, col, _ in cells:

@@ -14,6 +14,8 @@ from dfl.registries import TOPOLOGIES
 from topologies._graph import nodes_error, param_error, relabel
 
 CONNECT_HINT = "add edges to the file that join the components"
+# A document type declaration (and so any entity) in XML: refused before the parser sees the file.
+DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
 class FromFileParams(BaseModel):
@@ -56,6 +58,9 @@ def read_graph(path: str) -> nx.Graph:
     file = Path(path).expanduser()
     if not file.is_file():
         raise param_error("path", f"file {path!r} does not exist (resolved to {str(file.resolve())!r}); check the path")
+    if file.suffix.lower() == ".graphml" and DTD.search(file.read_bytes()):
+        raise param_error("path", f"{path!r} declares a DOCTYPE or entities; GraphML needs neither, and they can "
+                                  "read other files or expand without bound: remove the declarations")
     try:
         if file.suffix.lower() == ".graphml":
             graph = nx.Graph(nx.read_graphml(file, node_type=str))

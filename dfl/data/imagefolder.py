@@ -231,11 +231,12 @@ def read_imagefolder(
         if blobs:
             yield blobs, names, image_size, grayscale
 
-    if workers is None:
-        workers = default_workers() if worth_a_pool(path) else 1
-    pool = _fork_pool(workers)
+    pool = None
     chunks: list[np.ndarray] = []  # (n, C, H, W) each, in decode order
-    try:
+    try:  # the quick count of worth_a_pool already opens an archive: inside, so a broken one is a DataError
+        if workers is None:
+            workers = default_workers() if worth_a_pool(path) else 1
+        pool = _fork_pool(workers)
         decoded: Iterable[np.ndarray] = pool.imap(_decode_task, tasks()) if pool else map(_decode_task, tasks())
         for arr in decoded:
             if chunks and arr.shape[1:] != chunks[0].shape[1:]:

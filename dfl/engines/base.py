@@ -46,6 +46,10 @@ class Engine(ABC):
     def __init__(self, population: Population) -> None:
         self.population = population
         self.n = population.cfg.nodes
+        # The driver computes too (attacks, evaluation of shared states, metrics): with the workers' thread
+        # count on every engine, so its reductions match whichever engine hosts the participants.
+        self._driver_threads = torch.get_num_threads()
+        torch.set_num_threads(default_threads(population.cfg.engine.threads))
 
     @abstractmethod
     def train(self, round_idx: int) -> list[dict[str, float]]:
@@ -74,5 +78,6 @@ class Engine(ABC):
         """Replace the workers lost in ``fault``; the caller then restores every node from a checkpoint."""
         raise fault
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release processes or devices."""
+    def close(self) -> None:
+        """Release processes or devices; subclasses call this last (it restores the driver's threads)."""
+        torch.set_num_threads(self._driver_threads)

@@ -15,6 +15,7 @@ A local Ray binds to 127.0.0.1 with the dashboard off unless ``engine.ray.dashbo
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from functools import partial
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from dfl.engines.base import Engine, default_threads, guarded
-from dfl.errors import ConfigError, EngineFault, ParticipantError
+from dfl.errors import ConfigError, EngineFault, ParticipantError, Terminated
 from dfl.mixing import gossip
 from dfl.population import Population
 
@@ -55,6 +56,65 @@ def require_ray(local: bool = True) -> Any:
     if local:
         ray_constants.ENABLE_RAY_CLUSTER = False
     return ray
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+CONNECT_TIMEOUT_S = 10.0  # a TCP connection to the cluster's GCS port
+PROBE_TIMEOUT_S = 20.0
+RECOVER_TIMEOUT_S = 60.0  # for replacement actors to start after a fault  # the GCS's answer, asked by a child process that is killed past this
+
+# Run in a child process: ask the GCS at argv[1] for its cluster id (Ray's own client waits up to ~35 s).
+_PROBE = "import sys, ray._raylet as r; r.GcsClient(address=sys.argv[1]).internal_kv_get(b'dfl-sim-probe', None)"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:6379`` for IPv6) -> ``(host, port)``; ``ConfigError`` naming the field otherwise."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError([("engine.ray.address", f"{address!r} is not host:port (e.g. 127.0.0.1:6379 or "
+                                                  "ray-head:6379)")])
+    return host, int(port)
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether ``address`` names this machine's loopback interface (a cluster of nodes on this machine)."""
+    return bool(address) and split_address(address)[0] in LOOPBACK_HOSTS  # type: ignore[arg-type]
+
+
+def check_address(address: str) -> None:
+    """Fail fast, with a ``ConfigError`` naming ``engine.ray.address``, unless a Ray cluster answers there.
+
+    ``ray.init`` itself retries an unanswered address for many minutes and cannot be interrupted meanwhile,
+    so this first opens a TCP connection (``CONNECT_TIMEOUT_S``: refused or silent addresses fail here),
+    then asks the GCS for its cluster id from a child process that is killed after ``PROBE_TIMEOUT_S``
+    (a port that answers but is not a Ray GCS). Both fail in well under 30 s.
+    """
+    import socket
+    import subprocess
+    import sys
+
+    host, port = split_address(address)
+    fix = "start the cluster first (ray start --head --port PORT) or fix the address"
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise ConfigError([("engine.ray.address", f"nothing answers at {address} ({reason}); {fix}")]) from None
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, address.strip()], capture_output=True,
+                               timeout=PROBE_TIMEOUT_S, env={**os.environ, **_loopback_env(address)})
+        ok = probe.returncode == 0
+    except subprocess.TimeoutExpired:
+        ok = False
+    if not ok:
+        raise ConfigError([("engine.ray.address", f"{address} accepts connections but no Ray cluster answers there "
+                                                  f"within {PROBE_TIMEOUT_S:.0f} s; {fix}")])
+
+
+def _loopback_env(address: str | None) -> dict[str, str]:
+    """Environment that keeps Ray on 127.0.0.1 for a local instance or a cluster on loopback addresses."""
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if not address or is_loopback(address) else {}
 
 
 def place(graph: nx.Graph, n_shards: int) -> list[list[int]]:
@@ -122,9 +182,13 @@ class RayEngine(Engine):
     def __init__(self, population: Population) -> None:
         super().__init__(population)
         rc = population.cfg.engine.ray
-        ray = self.ray = require_ray(local=not rc.address)
+        # a cluster on this machine's loopback addresses stays on them, as a local instance does
+        ray = self.ray = require_ray(local=not rc.address or is_loopback(rc.address))
         self._owns_ray = False
         if not ray.is_initialized():
+            if rc.address:
+                check_address(rc.address)
+            sigterm = signal.getsignal(signal.SIGTERM)  # ray.init installs its own (sys.exit); ours is put back
             try:
                 if rc.address:
                     ray.init(address=rc.address, configure_logging=False, namespace="dfl-sim")
@@ -132,10 +196,17 @@ class RayEngine(Engine):
                     ray.init(address="local", include_dashboard=rc.dashboard,
                              dashboard_host="127.0.0.1", configure_logging=False, namespace="dfl-sim",
                              num_cpus=os.cpu_count())
+            except SystemExit as exc:  # SIGTERM while Ray's own handler was in place: stop as the CLI's would
+                if exc.code == signal.SIGTERM:
+                    raise Terminated() from None
+                raise
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = rc.address or "a local instance on 127.0.0.1"
                 raise ConfigError([("engine.ray.address", f"cannot start or join Ray at {where}: {exc}; "
                                     "start the cluster first (ray start --head) or fix the address")]) from None
+            finally:
+                if sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
             self._owns_ray = True
         self.threads = default_threads(population.cfg.engine.threads)
         from dfl.topology import build_graph
@@ -148,8 +219,19 @@ class RayEngine(Engine):
         self._get([a.pid.remote() for a in self.actors])  # surfaces set-up errors now
         self._states_refs: list[Any] = []
 
-    def _n_actors(self) -> int:
+    def _n_actors(self, alive_only: bool = False) -> int:
+        """``engine.ray.actors``, else as many as the cluster's CPUs (or GPUs) hold, at most one per node; with
+        ``alive_only``, as many as the nodes still alive hold, never more than before."""
         rc = self.population.cfg.engine.ray
+        if alive_only:
+            res: dict[str, float] = {}
+            for node in self.ray.nodes():
+                if node.get("Alive"):
+                    for k, v in node.get("Resources", {}).items():
+                        res[k] = res.get(k, 0.0) + v
+            per = rc.gpus_per_actor if rc.gpus_per_actor > 0 else rc.cpus_per_actor
+            slots = int(res.get("GPU" if rc.gpus_per_actor > 0 else "CPU", 0) / per + 1e-9)
+            return max(1, min(slots, len(self.shards)))
         if rc.actors:
             return min(rc.actors, self.n)
         res = self.ray.cluster_resources()
@@ -240,14 +322,43 @@ class RayEngine(Engine):
         return self._get([a.pid.remote() for a in self.actors])
 
     def recover(self, fault: Exception) -> None:
-        """Replace every dead actor with a fresh one hosting the same shard (state from a later ``restore``)."""
+        """Replace every dead actor with a fresh one hosting the same shard (state from a later ``restore``).
+
+        If the cluster has no room for the replacements within ``RECOVER_TIMEOUT_S`` (it lost the node they
+        ran on), every shard is placed anew on as many actors as the nodes still alive can hold. If not even
+        that starts, the fault is given up on: ``EngineFault`` with ``recoverable=False``, and the run stops
+        with its last checkpoint intact, to be resumed on a cluster that has room.
+        """
         for s, actor in enumerate(self.actors):
             try:
                 self.ray.get(actor.pid.remote(), timeout=30)
             except Exception:  # noqa: BLE001 - any failure to answer means the actor is gone
                 self.ray.kill(actor, no_restart=True)
                 self.actors[s] = self._start(s)
-        self._get([a.pid.remote() for a in self.actors])
+        if self._ready(RECOVER_TIMEOUT_S):
+            return
+        for a in self.actors:
+            self.ray.kill(a, no_restart=True)
+        from dfl.topology import build_graph
+
+        self.shards = place(build_graph(self.population.cfg, 0), self._n_actors(alive_only=True))
+        self._where = {i: (s, k) for s, ids in enumerate(self.shards) for k, i in enumerate(ids)}
+        self.actors = [self._start(s) for s in range(len(self.shards))]
+        if not self._ready(RECOVER_TIMEOUT_S):
+            raise EngineFault(f"{fault}; no replacement actor could start on the nodes left in the cluster within "
+                              f"{RECOVER_TIMEOUT_S:.0f} s", recoverable=False)
+
+    def _ready(self, timeout: float) -> bool:
+        """Whether every actor answers within ``timeout`` seconds."""
+        refs = [a.pid.remote() for a in self.actors]
+        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if len(done) < len(refs):
+            return False
+        try:
+            self.ray.get(done, timeout=timeout)
+        except Exception:  # noqa: BLE001 - an actor that died while starting
+            return False
+        return True
 
     def close(self) -> None:
         for a in self.actors:
@@ -255,3 +366,4 @@ class RayEngine(Engine):
         self.actors = []
         if self._owns_ray:
             self.ray.shutdown()
+        super().close()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfl.engines.base import Engine, default_threads, guarded
+from dfl.engines.base import Engine, guarded
 from dfl.mixing import gossip
 from dfl.participant import Participant
 from dfl.population import Population
@@ -19,8 +19,6 @@ class SerialEngine(Engine):
 
     def __init__(self, population: Population) -> None:
         super().__init__(population)
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(default_threads(population.cfg.engine.threads))
         self.participants: list[Participant] = [population.participant(i) for i in range(self.n)]
 
     def train(self, round_idx: int) -> list[dict[str, float]]:
@@ -45,9 +43,6 @@ class SerialEngine(Engine):
     def restore(self, snaps: list[dict[str, Any]]) -> None:
         for p, s in zip(self.participants, snaps, strict=True):
             p.restore(s)
-
-    def close(self) -> None:
-        torch.set_num_threads(self._threads)
 
 
 def evaluate_all(p: Participant, splits: list[str]) -> dict[str, float]:
