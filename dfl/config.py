@@ -112,7 +112,7 @@ class RayConfig(Strict):
     """Placement of participants on Ray actors (``engine.name: ray``)."""
 
     address: str | None = Field(None, description="join a running cluster (e.g. ray-head:6379); default: start a local Ray on 127.0.0.1")
-    actors: int | None = Field(None, gt=0, description="number of actors; default: fill the available CPUs (or GPUs)")
+    actors: int | None = Field(None, gt=0, description="at most this many actors; default: as many as the cluster's CPUs (or GPUs) hold")
     cpus_per_actor: float = Field(1.0, gt=0.0)
     gpus_per_actor: float = Field(0.0, ge=0.0, description="may be fractional, e.g. 0.25 puts 4 actors on a GPU")
     dashboard: bool = Field(False, description="start Ray's dashboard (bound to 127.0.0.1)")

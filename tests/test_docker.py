@@ -1,8 +1,11 @@
-"""The Docker set-up in docker/: image, Compose file (through ``docker compose config``) and its README section.
+"""The Docker set-up in docker/: image, Compose files (through ``docker compose config``), the CPU smoke
+script and the README section.
 
 The Compose checks run the real ``config`` of Compose v2 (``docker compose``) or of docker-compose 1.x and
 skip when neither is installed; the file checks need no Docker at all. The README checks skip until the
-``## Multi-GPU hosts`` section is in README.md and enforce it from then on.
+``## Multi-GPU hosts`` section is in README.md and enforce it from then on. docker/smoke.sh itself (image
+builds and a real run, many minutes as root) is not run here: only its syntax and its use of the
+Dockerfile's build arguments are checked.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
+DASHBOARD = ROOT / "docker" / "compose.dashboard.yaml"
+SMOKE = ROOT / "docker" / "smoke.sh"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 README = ROOT / "README.md"
@@ -49,19 +54,32 @@ def compose_command() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-@pytest.fixture(scope="module")
-def config() -> dict[str, Any]:
-    """``<compose> --profile run -f docker/compose.yaml config``, parsed (exit code 0 asserted)."""
+def compose_config(*files: Path, **env_vars: str) -> dict[str, Any]:
+    """``<compose> --profile run -f FILE... config``, parsed (exit code 0 asserted); skips without Compose."""
     cmd = compose_command()
     if cmd is None:
         pytest.skip("neither `docker compose` (v2 plugin) nor `docker-compose` is installed")
     env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARS and not k.startswith("COMPOSE_")}
-    proc = subprocess.run([*cmd, "--profile", "run", "-f", str(COMPOSE), "config"], cwd=ROOT, env=env,
+    env.update(env_vars)
+    args = [a for f in files for a in ("-f", str(f))]
+    proc = subprocess.run([*cmd, "--profile", "run", *args, "config"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{' '.join(cmd)} config failed:\n{proc.stderr}"
     out = yaml.safe_load(proc.stdout)
     assert isinstance(out, dict) and "services" in out, proc.stdout
     return out
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    """``docker/compose.yaml`` alone."""
+    return compose_config(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def dashboard_config() -> dict[str, Any]:
+    """``docker/compose.yaml`` with the opt-in ``docker/compose.dashboard.yaml`` on top."""
+    return compose_config(COMPOSE, DASHBOARD)
 
 
 def words(value: Any) -> list[str]:
@@ -197,21 +215,52 @@ def test_scaled_workers_claim_distinct_gpus(tmp_path: Path) -> None:
 def test_head_runs_ray_head_without_gpus_and_has_a_healthcheck(config: dict[str, Any]) -> None:
     head = config["services"]["ray-head"]
     cmd = words(head["command"])
-    for flag in ("--head", "--port=6379", "--dashboard-host=0.0.0.0", "--num-gpus=0", "--block"):
+    for flag in ("--head", "--port=6379", "--num-gpus=0", "--block"):
         assert flag in cmd, cmd
+    # the dashboard (no authentication) stays on the head's own loopback unless compose.dashboard.yaml is used
+    assert [w for w in cmd if w.startswith("--dashboard-host")] == ["--dashboard-host=127.0.0.1"], cmd
     assert words(head["healthcheck"]["test"])[-2:] == ["ray", "status"]
     assert size_bytes(head["shm_size"]) >= 2 * 1024**3
     assert "deploy" not in head
 
 
-def test_every_published_port_is_bound_to_loopback(config: dict[str, Any]) -> None:
-    ports = [(name, p) for name, svc in config["services"].items() for p in svc.get("ports") or []]
-    assert ports, "the dashboard should be published on 127.0.0.1"
-    for name, port in ports:
-        host_ip, host_port = published(port)
-        assert host_ip == "127.0.0.1", f"{name}: {port} is not bound to 127.0.0.1"
-        assert host_port != "6379", f"{name}: the GCS port must not be published"
-    assert ("127.0.0.1", "8265") in [published(p) for _, p in ports]
+def test_compose_file_alone_publishes_no_port(config: dict[str, Any]) -> None:
+    for name, svc in config["services"].items():
+        assert not svc.get("ports"), f"{name} publishes {svc['ports']}; the dashboard is opt-in"
+        assert svc.get("network_mode") != "host", name
+
+
+def test_dashboard_override_publishes_only_the_dashboard_on_loopback(config: dict[str, Any],
+                                                                     dashboard_config: dict[str, Any]) -> None:
+    services = dashboard_config["services"]
+    assert set(services) == SERVICES
+    ports = [(name, p) for name, svc in services.items() for p in svc.get("ports") or []]
+    assert [name for name, _ in ports] == ["ray-head"], ports
+    (_, port), = ports
+    assert published(port) == ("127.0.0.1", "8265"), port
+    if isinstance(port, dict):
+        assert str(port["target"]) == "8265"
+    else:
+        assert str(port).split("/")[0].split(":")[-1] == "8265"
+    assert all(published(p)[1] != "6379" for _, p in ports), "the GCS port must never be published"
+    # the head's command is the base one with the dashboard opened to the container network (so that the
+    # published port reaches it); the other services are untouched
+    base_cmd = words(config["services"]["ray-head"]["command"])
+    cmd = words(services["ray-head"]["command"])
+    assert cmd == [("--dashboard-host=0.0.0.0" if w.startswith("--dashboard-host") else w) for w in base_cmd]
+
+    def rest(svc: dict[str, Any]) -> dict[str, Any]:  # a service less command/ports; volumes in any order
+        return {**{k: v for k, v in svc.items() if k not in ("command", "ports", "volumes")}, "volumes": mounts(svc)}
+
+    for name in SERVICES - {"ray-head"}:
+        assert rest(services[name]) == rest(config["services"][name]), name
+        assert services[name].get("command") == config["services"][name].get("command"), name
+    assert rest(services["ray-head"]) == rest(config["services"]["ray-head"])
+
+
+def test_dashboard_override_reads_the_host_port_from_the_environment() -> None:
+    services = compose_config(COMPOSE, DASHBOARD, RAY_DASHBOARD_PORT="18265")["services"]
+    assert [published(p) for p in services["ray-head"]["ports"]] == [("127.0.0.1", "18265")]
 
 
 def test_runner_joins_the_cluster_and_runs_the_experiment(config: dict[str, Any]) -> None:
@@ -233,6 +282,14 @@ def test_runner_joins_the_cluster_and_runs_the_experiment(config: dict[str, Any]
 
 
 # ---------------------------------------------------------------------------- files (no Docker)
+
+
+def test_dashboard_override_only_touches_the_head() -> None:
+    doc = yaml.safe_load(DASHBOARD.read_text())
+    assert "version" not in doc, "Compose spec: no `version:` key"
+    assert set(doc) == {"services"} and set(doc["services"]) == {"ray-head"}
+    assert set(doc["services"]["ray-head"]) == {"command", "ports"}
+    assert doc["services"]["ray-head"]["ports"] == ["127.0.0.1:${RAY_DASHBOARD_PORT:-8265}:8265"]
 
 
 def test_compose_file_is_compose_spec_with_a_shared_extension() -> None:
@@ -270,6 +327,43 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
     for entry in (".venv", "runs", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache"):
         assert entry in lines, entry
     assert "README.md" not in lines and "pyproject.toml" not in lines  # the build needs both
+    # docker/smoke.sh's wheels reach the build through the context (WHEELS=docker/wheels), and stay out of git
+    assert not lines & {"docker", "docker/wheels", "docker/*", "*.whl", "**/*.whl"}, lines
+    assert "docker/wheels" in {ln.strip().rstrip("/") for ln in (ROOT / ".gitignore").read_text().splitlines()}
+
+
+def wheels_words(wheels: str) -> list[str]:
+    """The pip options the Dockerfile's ``${WHEELS:+...}`` expands to, as /bin/sh expands them."""
+    m = re.search(r"pip install [^\n]*?(\$\{WHEELS:\+[^}]*\}[^ ]*)", DOCKERFILE.read_text())
+    assert m, "the pip install line should use ${WHEELS:+...}"
+    proc = subprocess.run(["sh", "-c", f'for w in {m.group(1)}; do echo "$w"; done'],
+                          env={"WHEELS": wheels, "PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_dockerfile_installs_from_a_wheels_folder_only_when_asked() -> None:
+    """``--build-arg WHEELS=docker/wheels``: pip installs offline from it; without it the build is unchanged."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG WHEELS=$", text, re.M), "WHEELS must default to empty"
+    assert text.index("ARG WHEELS=") > text.index("FROM ${PYTORCH_IMAGE}"), "declared in the build stage"
+    assert wheels_words("") == []
+    assert wheels_words("docker/wheels") == ["--no-index", "--find-links", "/app/docker/wheels"]
+
+
+def test_smoke_script_is_valid_bash_and_builds_on_its_own_base() -> None:
+    """docker/smoke.sh: bash -n passes; it builds docker/Dockerfile through its build arguments and cleans up."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    proc = subprocess.run(["bash", "-n", str(SMOKE)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    text = SMOKE.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in text
+    assert "-f docker/Dockerfile" in text
+    assert '--build-arg PYTORCH_IMAGE="$BASE_IMAGE"' in text and '--build-arg WHEELS="$WHEELS"' in text
+    assert re.search(r"^WHEELS=docker/wheels$", text, re.M)
+    assert re.search(r"^trap cleanup EXIT$", text, re.M) and "down -v" in text
+    assert "compose.dashboard.yaml" in text and "ray-worker" not in re.sub(r"(?m)^\s*#.*$", "", text)
 
 
 # ----------------------------------------------------------------------- README (after the merge)
@@ -278,7 +372,8 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
 def test_readme_section_matches_the_compose_file() -> None:
     section = readme_section()
     for text in ("docker/compose.yaml", *SERVICES, "127.0.0.1:8265", "engine.ray.gpus_per_actor",
-                 "engine.ray.address=", "docker-compose -f docker/compose.yaml config"):
+                 "engine.ray.address=", "docker-compose -f docker/compose.yaml config",
+                 "docker/compose.dashboard.yaml", "ssh -N -L 8265:127.0.0.1:8265", "sudo bash docker/smoke.sh"):
         assert text in section, f"the {SECTION} section should mention {text!r}"
     # the commands: lines of the section's code blocks, comments dropped
     blocks = re.findall(r"^```\w*\n(.*?)^```", section, re.M | re.S)
@@ -288,3 +383,6 @@ def test_readme_section_matches_the_compose_file() -> None:
     assert any(" up -d " in c and "--scale ray-worker=" in c and c.endswith(" ray-head ray-worker") for c in compose)
     assert any(" run --rm runner" in c and "EXPERIMENT=" in c and "DFL_SIM_DATA=" in c for c in compose)
     assert any(c.endswith(" down") for c in compose)
+    # the dashboard: only through the override, on top of the base file
+    dashboard = [c for c in commands if "docker/compose.dashboard.yaml" in c]
+    assert dashboard and all("-f docker/compose.yaml -f docker/compose.dashboard.yaml " in c for c in dashboard)

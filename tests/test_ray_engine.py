@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -48,6 +49,35 @@ def test_ray_and_serial_engines_give_identical_metrics(local_ray, tiny, write_cf
     on_ray = api.run(cfg, ["engine.name=ray"])
     assert on_ray.status == "complete"
     assert (on_ray.run_dir / "metrics.jsonl").read_bytes() == (serial.run_dir / "metrics.jsonl").read_bytes()
+
+
+def test_engines_agree_on_every_record_kind_with_the_driver_on_other_threads(local_ray, tiny, write_cfg):
+    """Six rounds with membership (loss, correctness, shadow model), inversion and defense records, and the
+    driver's torch left at 2 threads (as the CLI leaves it): byte-identical metrics on both engines. The
+    attacks run in the driver, so before the engines set its threads too, the loss threshold differed
+    in the 7th digit between them."""
+    import torch
+
+    tiny["rounds"] = 6
+    tiny["data"]["auxiliary_fraction"] = 0.2
+    tiny["attacks"] = [{"name": "loss", "every": 2}, {"name": "correctness", "every": 3},
+                       {"name": "shadow_model"},
+                       {"name": "idlg", "rounds": [2, 6], "params": {"iterations": 3}}]
+    tiny["defenses"] = [{"name": "augmixcloak", "params": {"tune": True, "tune_samples": 40}}]
+    cfg = write_cfg(tiny)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        serial = api.run(cfg)
+        on_ray = api.run(cfg, ["engine.name=ray"])
+    finally:
+        torch.set_num_threads(threads)
+    def records(run_dir):  # every field but an inversion's wall-clock `seconds`, the one timing in the records
+        return [{k: v for k, v in json.loads(ln).items() if not (k == "seconds" and '"inversion"' in ln)}
+                for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert {r["kind"] for r in records(serial.run_dir)} == {"train", "eval", "round", "mia", "inversion", "defense"}
+    assert records(on_ray.run_dir) == records(serial.run_dir)
 
 
 @settings(max_examples=30, deadline=None)

@@ -58,10 +58,11 @@ def require_ray(local: bool = True) -> Any:
     return ray
 
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_TIMEOUT_S = 10.0  # a TCP connection to the cluster's GCS port
-PROBE_TIMEOUT_S = 20.0
-RECOVER_TIMEOUT_S = 60.0  # for replacement actors to start after a fault  # the GCS's answer, asked by a child process that is killed past this
+PROBE_TIMEOUT_S = 20.0  # the GCS's answer, asked by a child process that is killed past this
+START_TIMEOUT_S = 120.0  # for the actors to start (the first start pays for imports and the data's transfer)
+RECOVER_TIMEOUT_S = 120.0  # for replacement actors to start after a fault
+RECOVER_POLL_S = 10.0  # between looks at which nodes are still alive, while they do not
 
 # Run in a child process: ask the GCS at argv[1] for its cluster id (Ray's own client waits up to ~35 s).
 _PROBE = "import sys, ray._raylet as r; r.GcsClient(address=sys.argv[1]).internal_kv_get(b'dfl-sim-probe', None)"
@@ -75,11 +76,6 @@ def split_address(address: str) -> tuple[str, int]:
         raise ConfigError([("engine.ray.address", f"{address!r} is not host:port (e.g. 127.0.0.1:6379 or "
                                                   "ray-head:6379)")])
     return host, int(port)
-
-
-def is_loopback(address: str | None) -> bool:
-    """Whether ``address`` names this machine's loopback interface (a cluster of nodes on this machine)."""
-    return bool(address) and split_address(address)[0] in LOOPBACK_HOSTS  # type: ignore[arg-type]
 
 
 def check_address(address: str) -> None:
@@ -103,18 +99,13 @@ def check_address(address: str) -> None:
         raise ConfigError([("engine.ray.address", f"nothing answers at {address} ({reason}); {fix}")]) from None
     try:
         probe = subprocess.run([sys.executable, "-c", _PROBE, address.strip()], capture_output=True,
-                               timeout=PROBE_TIMEOUT_S, env={**os.environ, **_loopback_env(address)})
+                               timeout=PROBE_TIMEOUT_S)
         ok = probe.returncode == 0
     except subprocess.TimeoutExpired:
         ok = False
     if not ok:
         raise ConfigError([("engine.ray.address", f"{address} accepts connections but no Ray cluster answers there "
                                                   f"within {PROBE_TIMEOUT_S:.0f} s; {fix}")])
-
-
-def _loopback_env(address: str | None) -> dict[str, str]:
-    """Environment that keeps Ray on 127.0.0.1 for a local instance or a cluster on loopback addresses."""
-    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if not address or is_loopback(address) else {}
 
 
 def place(graph: nx.Graph, n_shards: int) -> list[list[int]]:
@@ -182,8 +173,7 @@ class RayEngine(Engine):
     def __init__(self, population: Population) -> None:
         super().__init__(population)
         rc = population.cfg.engine.ray
-        # a cluster on this machine's loopback addresses stays on them, as a local instance does
-        ray = self.ray = require_ray(local=not rc.address or is_loopback(rc.address))
+        ray = self.ray = require_ray(local=not rc.address)
         self._owns_ray = False
         if not ray.is_initialized():
             if rc.address:
@@ -216,12 +206,18 @@ class RayEngine(Engine):
         self._population_ref = ray.put(population)
         self._actor_cls = ray.remote(ShardHost)
         self.actors = [self._start(s) for s in range(len(self.shards))]
-        self._get([a.pid.remote() for a in self.actors])  # surfaces set-up errors now
+        if not self._ready(START_TIMEOUT_S, raising=True):  # an actor the cluster has no room for waits forever
+            rc = population.cfg.engine.ray
+            raise ConfigError([("engine.ray.actors", f"{len(self.actors)} actors of {rc.cpus_per_actor:g} CPU and "
+                                f"{rc.gpus_per_actor:g} GPU each did not all start within {START_TIMEOUT_S:.0f} s; "
+                                f"the cluster has {self._resources()} in all: lower engine.ray.actors, "
+                                "cpus_per_actor or gpus_per_actor, or add nodes")])
         self._states_refs: list[Any] = []
 
     def _n_actors(self, alive_only: bool = False) -> int:
-        """``engine.ray.actors``, else as many as the cluster's CPUs (or GPUs) hold, at most one per node; with
-        ``alive_only``, as many as the nodes still alive hold, never more than before."""
+        """As many actors as the cluster's CPUs (or GPUs) hold, at most ``engine.ray.actors`` and never more than
+        ``nodes`` (placement never changes the numbers, so a run resumes on a smaller cluster); with
+        ``alive_only``, as many as the Ray nodes still alive hold, never more than there are now."""
         rc = self.population.cfg.engine.ray
         if alive_only:
             res: dict[str, float] = {}
@@ -231,9 +227,7 @@ class RayEngine(Engine):
                         res[k] = res.get(k, 0.0) + v
             per = rc.gpus_per_actor if rc.gpus_per_actor > 0 else rc.cpus_per_actor
             slots = int(res.get("GPU" if rc.gpus_per_actor > 0 else "CPU", 0) / per + 1e-9)
-            return max(1, min(slots, len(self.shards)))
-        if rc.actors:
-            return min(rc.actors, self.n)
+            return max(1, min(slots, len(self.shards)))  # the driver's own node may offer nothing: try one
         res = self.ray.cluster_resources()
         if rc.gpus_per_actor > 0:
             slots = int(res.get("GPU", 0) / rc.gpus_per_actor + 1e-9)
@@ -243,7 +237,7 @@ class RayEngine(Engine):
                                     "set it to 0 for CPU actors or join a cluster with GPUs")])
         else:
             slots = int(res.get("CPU", 1) / rc.cpus_per_actor + 1e-9)
-        return max(1, min(slots, self.n))
+        return max(1, min(slots, self.n, rc.actors or self.n))
 
     def _start(self, shard: int) -> Any:
         rc = self.population.cfg.engine.ray
@@ -322,43 +316,61 @@ class RayEngine(Engine):
         return self._get([a.pid.remote() for a in self.actors])
 
     def recover(self, fault: Exception) -> None:
-        """Replace every dead actor with a fresh one hosting the same shard (state from a later ``restore``).
+        """Replace the dead actors; the caller then restores every node from the last checkpoint.
 
-        If the cluster has no room for the replacements within ``RECOVER_TIMEOUT_S`` (it lost the node they
-        ran on), every shard is placed anew on as many actors as the nodes still alive can hold. If not even
-        that starts, the fault is given up on: ``EngineFault`` with ``recoverable=False``, and the run stops
-        with its last checkpoint intact, to be resumed on a cluster that has room.
+        Each dead actor is replaced by a fresh one hosting the same shard. Whenever the new actors are not
+        all up after a while and the nodes still alive hold fewer actors than there are (the cluster lost a
+        node, which it may notice only some seconds after the actor's death), every shard is placed anew on
+        as many actors as those nodes hold. If no placement starts within ``RECOVER_TIMEOUT_S``, the fault is
+        given up on (``EngineFault`` with ``recoverable=False``): the run stops with its last checkpoint
+        intact, to be resumed later.
         """
+        import time
+
+        deadline = time.monotonic() + RECOVER_TIMEOUT_S
         for s, actor in enumerate(self.actors):
             try:
                 self.ray.get(actor.pid.remote(), timeout=30)
             except Exception:  # noqa: BLE001 - any failure to answer means the actor is gone
                 self.ray.kill(actor, no_restart=True)
                 self.actors[s] = self._start(s)
-        if self._ready(RECOVER_TIMEOUT_S):
-            return
-        for a in self.actors:
-            self.ray.kill(a, no_restart=True)
+        while not self._ready(max(1.0, min(RECOVER_POLL_S, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise EngineFault(f"{fault}; no replacement actor could start on the nodes left in the cluster "
+                                  f"within {RECOVER_TIMEOUT_S:.0f} s", recoverable=False)
+            slots = self._n_actors(alive_only=True)
+            if slots < len(self.actors):
+                self._replace(slots)
+
+    def _replace(self, n_actors: int) -> None:
+        """Kill every actor and place all shards anew on ``n_actors`` fresh ones."""
         from dfl.topology import build_graph
 
-        self.shards = place(build_graph(self.population.cfg, 0), self._n_actors(alive_only=True))
+        for a in self.actors:
+            self.ray.kill(a, no_restart=True)
+        self.shards = place(build_graph(self.population.cfg, 0), n_actors)
         self._where = {i: (s, k) for s, ids in enumerate(self.shards) for k, i in enumerate(ids)}
         self.actors = [self._start(s) for s in range(len(self.shards))]
-        if not self._ready(RECOVER_TIMEOUT_S):
-            raise EngineFault(f"{fault}; no replacement actor could start on the nodes left in the cluster within "
-                              f"{RECOVER_TIMEOUT_S:.0f} s", recoverable=False)
 
-    def _ready(self, timeout: float) -> bool:
-        """Whether every actor answers within ``timeout`` seconds."""
+    def _ready(self, timeout: float, raising: bool = False) -> bool:
+        """Whether every actor answers within ``timeout`` seconds; an actor that failed to start counts as not
+        ready, or (``raising``) raises its error (e.g. a participant that cannot be built)."""
         refs = [a.pid.remote() for a in self.actors]
         done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(done) < len(refs):
             return False
+        if raising:
+            self._get(refs)
+            return True
         try:
             self.ray.get(done, timeout=timeout)
         except Exception:  # noqa: BLE001 - an actor that died while starting
             return False
         return True
+
+    def _resources(self) -> str:
+        res = self.ray.cluster_resources()
+        return ", ".join(f"{res.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
 
     def close(self) -> None:
         for a in self.actors:
