@@ -397,10 +397,11 @@ for _ in $(seq 60); do  # the dashboard is up inside the head (it starts after `
 done
 [ "$up" = 1 ] || die "the dashboard does not answer inside ray-head"
 # from another container of the project, by service name on the project's own network: refused
-if compose exec -T ray-head true && compose run --rm --no-deps -T --entrypoint python runner -c \
-        'import urllib.request; urllib.request.urlopen("http://ray-head:8265", timeout=2)' > /dev/null 2>&1; then
-    die "compose.yaml alone: the dashboard answers on the project network at ray-head:8265"
-fi
+from_project() {  # from_project COMPOSE_FN: ray-head:8265 answers a container of the project (exit 0)
+    "$1" run --rm --no-deps -T --entrypoint python runner -c \
+        'import urllib.request; urllib.request.urlopen("http://ray-head:8265", timeout=2).read(1)' > /dev/null 2>&1
+}
+! from_project compose || die "compose.yaml alone: the dashboard answers on the project network at ray-head:8265"
 ! http_ok "http://127.0.0.1:$DASHBOARD_PORT" || log "warning: something else answers on 127.0.0.1:$DASHBOARD_PORT"
 log "compose.yaml: no port published, dashboard only on the head's loopback (ray-head:8265 refused on the project network)"
 
@@ -415,6 +416,8 @@ for _ in $(seq 60); do
     sleep 2
 done
 [ "$up" = 1 ] || die "with compose.dashboard.yaml, http://127.0.0.1:$DASHBOARD_PORT does not answer"
+# the same probe as above now answers, so its refusal above was the dashboard's, not the probe's
+from_project compose_dashboard || die "with compose.dashboard.yaml, ray-head:8265 does not answer on the project network"
 log "compose.dashboard.yaml: dashboard at http://127.0.0.1:$DASHBOARD_PORT ($PORTS)"
 
 # ------------------------------------------------------------------------------------ 6. summary

@@ -241,3 +241,56 @@ def test_a_utf16_config_with_a_byte_order_mark_is_read(tmp_path, tiny):
     p = tmp_path / "u16.yaml"
     p.write_bytes(yaml.safe_dump(tiny).encode("utf-16"))
     assert main(["validate", str(p)]) == 0
+
+
+# ------------------------------------------------------------------------------ Ray addresses
+
+
+def test_a_port_that_answers_but_is_not_ray_fails_fast(monkeypatch):
+    """A loopback listener that accepts connections and says nothing: refused within the probe's limit, not
+    after Ray's own retries (many minutes)."""
+    import socket
+    import threading
+
+    pytest.importorskip("ray")
+    from dfl.engines import ray as ray_engine
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    monkeypatch.setattr(ray_engine, "PROBE_TIMEOUT_S", 4.0)
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConfigError, match="accepts connections but no Ray cluster answers") as exc:
+            ray_engine.check_address(address)
+    finally:
+        stop.set()
+        thread.join()
+        for c in held:
+            c.close()
+        server.close()
+    assert exc.value.errors[0][0] == "engine.ray.address"
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.parametrize("address", ["nohost", "host:", ":6379", "host:99999", "host:port"])
+def test_malformed_ray_addresses_name_the_field(address):
+    from dfl.engines.ray import split_address
+
+    with pytest.raises(ConfigError) as exc:
+        split_address(address)
+    assert exc.value.errors[0][0] == "engine.ray.address"
