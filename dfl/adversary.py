@@ -102,10 +102,13 @@ class Adversary:
                 victim_models[v] = self._model(shared[v])
             return victim_models[v]
 
+        queried = {t for spec, _ in todo if spec.access == "query" and spec.targets != "neighbours" for t in spec.targets}
         for a in self.attackers:
-            view = self._view(a, r, graph, shared, victim_model)
+            view = self._view(a, r, graph, shared, victim_model, queried)
             for spec, attack in todo:
                 targets = sorted(graph.neighbors(a)) if spec.targets == "neighbours" else list(spec.targets)
+                if spec.access == "params":  # only what reached it: a link down this round, or a resampled graph
+                    targets = [v for v in targets if graph.has_edge(a, v)]
                 targets = [v for v in targets if v not in self.attackers]
                 if not targets:
                     continue
@@ -119,7 +122,10 @@ class Adversary:
                             for rec in d.drain()]
         return records
 
-    def _view(self, a: int, r: int, graph: nx.Graph, shared: torch.Tensor, victim_model: Any) -> AdversaryView:
+    def _view(self, a: int, r: int, graph: nx.Graph, shared: torch.Tensor, victim_model: Any,
+              queried: set[int] = frozenset()) -> AdversaryView:  # type: ignore[assignment]
+        """What attacker ``a`` has in round ``r``: the states its neighbours shared, and the query API of its
+        neighbours and of ``queried`` (the explicit targets of ``access: query`` attacks)."""
         pop = self.population
         neighbours = sorted(graph.neighbors(a))
         own = pop.train_pool(pop.splits.nodes[a].train)
@@ -130,7 +136,8 @@ class Adversary:
             own=Labelled(own.x, own.y), auxiliary=Labelled(aux.x, aux.y),
             received={j: shared[j].clone() for j in neighbours},
             query={j: _query_api(victim_model, j, self._chains[j],
-                                 torch_generator(self.cfg.seed, QUERY, j, r, a + 1)) for j in neighbours},
+                                 torch_generator(self.cfg.seed, QUERY, j, r, a + 1))
+                   for j in sorted(set(neighbours) | set(queried))},
             seed=self.cfg.seed,
         )
 

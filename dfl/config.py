@@ -427,6 +427,11 @@ def attack_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
                 if not 0 <= t < cfg.nodes or t in attackers:
                     errors.append((f"attacks.{i}.targets.{j}", f"target {t} must be a node id below {cfg.nodes} "
                                    "that is not an attacker"))
+                elif spec.access == "params" and (far := [a for a in attackers if not graph.has_edge(a, t)]):
+                    errors.append((f"attacks.{i}.targets.{j}", f"node {t} is not a neighbour of attacker(s) {far} in "
+                                   f"the {cfg.topology.name} graph, and access: params sees only the states its "
+                                   "neighbours share; target neighbours, or use access: query (any node's "
+                                   "prediction API)"))
     return errors
 
 

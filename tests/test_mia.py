@@ -156,3 +156,24 @@ def test_null_test_on_a_trained_model():
     with torch.no_grad():  # and the same signal does separate the real members
         real = loss(torch.softmax(model(x[:400]), 1), y[:400]).numpy()
     assert mia_metrics(np.r_[real, s[:400]], np.r_[np.ones(400, bool), np.zeros(400, bool)])["auc"] > 0.6
+
+
+def test_query_attacks_may_target_any_node_params_attacks_only_neighbours(tiny, write_cfg):
+    """One rule for explicit targets: ``access: query`` reaches any node's prediction API; ``access: params``
+    (and every inversion attack) sees only what its neighbours share, so a non-neighbour is a config error."""
+    from dfl.config import parse_config
+    from dfl.errors import ConfigError
+    from dfl.rundir import RunDir
+
+    tiny["rounds"] = 1  # a ring of 4, attacker 1: neighbours 0 and 2, node 3 is not one
+    tiny["attacks"] = [{"name": "correctness", "targets": [3]}]
+    res = api.run(write_cfg(tiny))
+    assert [(r["attacker"], r["node"]) for r in RunDir(res.run_dir).records() if r["kind"] == "mia"] == [(1, 3)]
+    for attack in ({"name": "correctness", "targets": [3], "access": "params"},
+                   {"name": "idlg", "targets": [3], "params": {"iterations": 2}}):
+        tiny["attacks"] = [attack]
+        with pytest.raises(ConfigError) as exc:
+            parse_config(tiny)
+        assert exc.value.errors[0][0] == "attacks.0.targets.0" and "not a neighbour of attacker(s) [1]" in exc.value.errors[0][1]
+    tiny["attacks"] = [{"name": "correctness", "targets": [2], "access": "params"}]
+    parse_config(tiny)  # a neighbour is fine
