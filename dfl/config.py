@@ -358,10 +358,7 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         from dfl.topology import check_topology
 
         errors += check_topology(cfg)
-    if cfg.topology.name == "centralized":
-        from dfl.flower import centralized_errors
-
-        errors += centralized_errors(cfg)
+    errors += topology_checks(cfg)
     if not errors and cfg.attacks:
         errors += attack_checks(cfg)
     for i, d in enumerate(cfg.defenses):
@@ -371,6 +368,16 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     if not errors:
         errors += defense_checks(cfg)
     return errors
+
+
+def topology_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """What the topology requires of the rest of the experiment: ``config_errors(cfg)`` of its registered
+    builder, if it has one (``centralized``: what a Flower run cannot do)."""
+    from dfl.registries import TOPOLOGIES
+
+    check = getattr(TOPOLOGIES.get(cfg.topology.name).obj, "config_errors", None) \
+        if cfg.topology.name in TOPOLOGIES else None
+    return check(cfg) if check is not None else []
 
 
 def defense_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:

@@ -36,3 +36,14 @@ def build(n: int, params: CentralizedParams, rng: np.random.Generator) -> nx.Gra
     if n < 1:
         raise nodes_error(f"centralized needs at least 1 client, got nodes={n}; raise nodes")
     return canonical(n, nx.complete_graph(n).edges())
+
+
+def config_errors(cfg: object) -> list[tuple[str, str]]:
+    """What a centralized config asks for that a Flower run cannot do (:func:`dfl.flower.centralized_errors`),
+    as ``(dotted.path, message)``; the config loader asks every topology for these."""
+    from dfl.flower import centralized_errors  # here, not at the top: dfl.flower is only needed by centralized runs
+
+    return centralized_errors(cfg)  # type: ignore[arg-type]
+
+
+build.config_errors = config_errors  # type: ignore[attr-defined]
