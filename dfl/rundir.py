@@ -227,14 +227,15 @@ class RunDir:
         if not (source.path / CHECKPOINT).is_file():  # the last round is always checkpointed unless disabled
             raise ConfigError([("init.run", f"{source.path} has no {CHECKPOINT}; give a run made with "
                                             "output.checkpoint_every > 0")])
-        nodes = source.config().nodes
+        config = source.config()
+        nodes = config.nodes
         if init.node >= nodes:
             raise ConfigError([("init.node", f"{source.path} has nodes 0-{nodes - 1}, not {init.node}")])
         try:
             ckpt = source.load_checkpoint(field="init.run")
         except RunError as exc:
             raise ConfigError([("init.run", str(exc).removeprefix("init.run: "))]) from None
-        if len(ckpt["participants"]) != nodes or ckpt["round"] != source.config().rounds:
+        if len(ckpt["participants"]) != nodes or ckpt["round"] != config.rounds:
             raise ConfigError([("init.run", f"{source.path}/{CHECKPOINT} holds round {ckpt['round']} of "
                                             f"{len(ckpt['participants'])} nodes, not the last round of its "
                                             f"{nodes}; give a complete, unaltered run")])

@@ -130,7 +130,8 @@ def main(out: Path) -> dict[str, object]:
                        capture_output=True, timeout=180)
         time.sleep(2)
         second = of_cluster(temp) - head
-        found["raylets"] = sum("raylet/raylet " in processes()[p][1] for p in of_cluster(temp) if p in processes())
+        table = processes()
+        found["raylets"] = sum("raylet/raylet " in table[p][1] for p in of_cluster(temp) if p in table)
         found["start_s"] = round(time.monotonic() - t0, 1)
 
         # 2 rounds on the cluster, on a local Ray and on the serial engine

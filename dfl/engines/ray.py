@@ -207,7 +207,6 @@ class RayEngine(Engine):
         self._actor_cls = ray.remote(ShardHost)
         self.actors = [self._start(s) for s in range(len(self.shards))]
         if not self._ready(START_TIMEOUT_S, raising=True):  # an actor the cluster has no room for waits forever
-            rc = population.cfg.engine.ray
             raise ConfigError([("engine.ray.actors", f"{len(self.actors)} actors of {rc.cpus_per_actor:g} CPU and "
                                 f"{rc.gpus_per_actor:g} GPU each did not all start within {START_TIMEOUT_S:.0f} s; "
                                 f"the cluster has {self._resources()} in all: lower engine.ray.actors, "
@@ -225,18 +224,16 @@ class RayEngine(Engine):
                 if node.get("Alive"):
                     for k, v in node.get("Resources", {}).items():
                         res[k] = res.get(k, 0.0) + v
-            per = rc.gpus_per_actor if rc.gpus_per_actor > 0 else rc.cpus_per_actor
-            slots = int(res.get("GPU" if rc.gpus_per_actor > 0 else "CPU", 0) / per + 1e-9)
-            return max(1, min(slots, len(self.shards)))  # the driver's own node may offer nothing: try one
-        res = self.ray.cluster_resources()
-        if rc.gpus_per_actor > 0:
-            slots = int(res.get("GPU", 0) / rc.gpus_per_actor + 1e-9)
-            if slots < 1:
-                raise ConfigError([("engine.ray.gpus_per_actor",
-                                    f"{rc.gpus_per_actor} GPU per actor but the cluster has {res.get('GPU', 0)} GPUs; "
-                                    "set it to 0 for CPU actors or join a cluster with GPUs")])
         else:
-            slots = int(res.get("CPU", 1) / rc.cpus_per_actor + 1e-9)
+            res = self.ray.cluster_resources()
+        gpu = rc.gpus_per_actor > 0
+        slots = int(res.get("GPU" if gpu else "CPU", 0) / (rc.gpus_per_actor if gpu else rc.cpus_per_actor) + 1e-9)
+        if alive_only:
+            return max(1, min(slots, len(self.shards)))  # the driver's own node may offer nothing: try one
+        if gpu and slots < 1:
+            raise ConfigError([("engine.ray.gpus_per_actor",
+                                f"{rc.gpus_per_actor} GPU per actor but the cluster has {res.get('GPU', 0)} GPUs; "
+                                "set it to 0 for CPU actors or join a cluster with GPUs")])
         return max(1, min(slots, self.n, rc.actors or self.n))
 
     def _start(self, shard: int) -> Any:
