@@ -121,6 +121,8 @@ class InvertingGradients(InversionAttack):
 
     def reconstruct(self, model: nn.Module, grads: list[torch.Tensor], batch_size: int, num_classes: int,
                     image_shape: tuple[int, int, int], generator: torch.Generator,
-                    mean: np.ndarray, std: np.ndarray) -> Reconstruction:
-        return inverting_gradients(model, grads, None, image_shape, batch_size=batch_size, generator=generator, mean=mean,
-                                   std=std, **self.options())
+                    mean: np.ndarray, std: np.ndarray, labels: torch.Tensor | None = None) -> Reconstruction:
+        """``labels``: the batch's labels when the attacker knows them (the augmentation search grants them);
+        by default they are read off the last layer's gradient as in iDLG."""
+        return inverting_gradients(model, grads, labels, image_shape, batch_size=batch_size, generator=generator,
+                                   mean=mean, std=std, **self.options())

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dfl.api import prepare, run  # noqa: E402
-from dfl.config import parse_config  # noqa: E402
+from dfl.experiment import parse_config  # noqa: E402
 from dfl.flower import run_centralized  # noqa: E402
 
 COMMON: dict[str, Any] = {

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dfl.config import parse_config  # noqa: E402
 from dfl.engines.serial import SerialEngine  # noqa: E402
+from dfl.experiment import parse_config  # noqa: E402
 from dfl.federation import Federation  # noqa: E402
 from dfl.population import Population  # noqa: E402
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dfl.config import parse_config  # noqa: E402
 from dfl.engines.serial import SerialEngine  # noqa: E402
+from dfl.experiment import parse_config  # noqa: E402
 from dfl.federation import Federation  # noqa: E402
 from dfl.population import Population  # noqa: E402
 from dfl.topology import build_graph  # noqa: E402

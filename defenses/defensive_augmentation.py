@@ -19,7 +19,7 @@ highest-scoring augmentation). Classes a policy leaves out train on their images
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -95,6 +95,7 @@ class DefensiveAugmentationParams(BaseModel):
 class DefensiveAugmentation(TrainingDefense):
     """Each training image through its class's augmentation (deterministic: no random draws)."""
 
+    OPS: ClassVar[tuple[str, ...]] = OPS  # the ops a policy may name (``dfl-sim search-augmentation`` scores them)
     params: DefensiveAugmentationParams
 
     def __init__(self, params: DefensiveAugmentationParams, ctx: DefenseContext) -> None:

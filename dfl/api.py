@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dfl.config import ExperimentConfig, load_config, parse_override
+from dfl.config import ExperimentConfig
 from dfl.errors import ConfigError, DataError, EngineFault, RunError
+from dfl.experiment import load_config, parse_override
 from dfl.rundir import RunDir, check_out_dir, make_dir
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class RunResult:
 def _config(config: ExperimentConfig | str | Path, overrides: Sequence[str]) -> ExperimentConfig:
     if isinstance(config, ExperimentConfig):
         if overrides:
-            from dfl.config import parse_config
+            from dfl.experiment import parse_config
 
             return parse_config(config.model_dump(mode="json"), list(overrides))
         return config

@@ -36,6 +36,8 @@ from torch import nn
 
 from dfl.config import ExperimentConfig
 from dfl.query import DefenseContext, TrainingDefense
+from dfl.plugins import load_plugins
+from dfl.registries import ATTACKS, DEFENSES
 from dfl.seeding import derive_seed
 
 SEARCH = 50  # seeding tag
@@ -72,15 +74,16 @@ def search(cfg: ExperimentConfig, *, sigma: float = 0.5, max_grad_norm: float = 
            epochs: int = 5, images_per_class: int = 2, iterations: int = 600,
            log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score every (op, magnitude) and DP-SGD at ``sigma`` per class; return the tables and the best policy."""
-    from attacks.inverting_gradients import inverting_gradients
-    from defenses.defensive_augmentation import OPS, DefensiveAugmentation, DefensiveAugmentationParams
-    from defenses.dp_sgd import DPSGD, DPSGDParams
     from dfl.data import channel_stats, to_float
     from dfl.inversion import gradient_of
     from dfl.models import build_model
     from dfl.population import Population
     from dfl.reference import reference_classifier
 
+    load_plugins()
+    inverter = ATTACKS.get("inverting_gradients")
+    invert = inverter.obj(inverter.parse_params({"iterations": iterations}))
+    augmentation, dp_sgd = DEFENSES.get("defensive_augmentation"), DEFENSES.get("dp_sgd")
     pop = Population.from_config(cfg)
     data, k = pop.data, pop.data.num_classes
     mean, std = channel_stats(data.x_train)
@@ -112,9 +115,9 @@ def search(cfg: ExperimentConfig, *, sigma: float = 0.5, max_grad_norm: float = 
                 scale = min(1.0, max_grad_norm / float(norm))
                 gen = torch.Generator().manual_seed(derive_seed(cfg.seed, SEARCH, 3, i))
                 grads = [g * scale + torch.randn(g.shape, generator=gen) * noise * max_grad_norm for g in grads]
-            rec = inverting_gradients(model, grads, py[i : i + 1], shape, iterations=iterations,  # type: ignore[arg-type]
-                                      generator=torch.Generator().manual_seed(derive_seed(cfg.seed, SEARCH, 4, i)),
-                                      mean=mean, std=std)
+            rec = invert.reconstruct(model, grads, 1, k, shape,  # type: ignore[arg-type]
+                                     torch.Generator().manual_seed(derive_seed(cfg.seed, SEARCH, 4, i)), mean, std,
+                                     labels=py[i : i + 1])
             with torch.no_grad():
                 ok = int(reference(rec.images).argmax(1)[0] == py[i])
             hits[int(py[i])] += ok
@@ -126,15 +129,15 @@ def search(cfg: ExperimentConfig, *, sigma: float = 0.5, max_grad_norm: float = 
             log(msg)
 
     t0 = time.perf_counter()
-    dp = DPSGD(DPSGDParams(noise_multiplier=sigma, max_grad_norm=max_grad_norm), ctx)
+    dp = dp_sgd.obj(dp_sgd.parse_params({"noise_multiplier": sigma, "max_grad_norm": max_grad_norm}), ctx)
     say(f"DP-SGD sigma {sigma}")
     ma_dp = _per_class_accuracy(_train(cfg, fresh(), x, y, dp, epochs, cfg.seed), xt, yt, k)
     aa_dp = attack_accuracy(px, sigma)
     rows: list[dict[str, Any]] = []
-    for op in ops or list(OPS):
+    for op in ops or list(augmentation.obj.OPS):
         for m in magnitudes or [1, 3, 5, 7, 9]:
             say(f"{op} M{m}")
-            aug = DefensiveAugmentation(DefensiveAugmentationParams(op=op, magnitude=m), ctx)  # type: ignore[arg-type]
+            aug = augmentation.obj(augmentation.parse_params({"op": op, "magnitude": m}), ctx)
             ma = _per_class_accuracy(_train(cfg, fresh(), x, y, aug, epochs, cfg.seed), xt, yt, k)
             augmented, _ = aug.batch(px, py, 0.0, torch.Generator())
             aa = attack_accuracy(augmented, 0.0)

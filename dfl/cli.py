@@ -184,14 +184,17 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
 def _search_augmentation(args: argparse.Namespace, console: Console) -> int:
     from pathlib import Path
 
-    from defenses.defensive_augmentation import OPS
     from dfl.api import validate
     from dfl.augsearch import search, write
     from dfl.errors import ConfigError
+    from dfl.plugins import load_plugins
+    from dfl.registries import DEFENSES
 
-    bad = [o for o in args.ops or [] if o not in OPS]
+    load_plugins()
+    ops = DEFENSES.get("defensive_augmentation").obj.OPS  # the augmentation search scores that defense's ops
+    bad = [o for o in args.ops or [] if o not in ops]
     if bad:
-        raise ConfigError([("--ops", f"unknown op(s) {', '.join(bad)}; choose from {', '.join(OPS)}")])
+        raise ConfigError([("--ops", f"unknown op(s) {', '.join(bad)}; choose from {', '.join(ops)}")])
     if any(not 0 <= m <= 9 for m in args.magnitudes or []):
         raise ConfigError([("--magnitudes", f"magnitudes must lie in 0..9, got {args.magnitudes}")])
     for name in ("sigma", "train_samples", "epochs", "images_per_class", "iterations"):

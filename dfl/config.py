@@ -1,25 +1,16 @@
-"""The experiment as data: one pydantic model tree, ``extra="forbid"``, loaded with ``yaml.safe_load``.
+"""The experiment as data: the schema, one pydantic model tree with ``extra="forbid"``.
 
-Loading collects every error with its dotted path (schema errors, plugin ``params`` errors from the
-registries, and cross-field checks such as attacker ids against ``nodes``) and raises one
-:class:`~dfl.errors.ConfigError`. ``--set a.b=c`` overrides are applied to the raw mapping first, so
-they are validated like the file itself.
+A leaf of the project: it imports nothing of dfl-sim but its errors. Reading a file, ``--set``
+overrides, plugin resolution and the checks that span fields live in :mod:`dfl.experiment`.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from dfl.errors import ConfigError
-from dfl.registry import pydantic_errors
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -165,233 +156,6 @@ class ExperimentConfig(Strict):
         """The attacker node ids (a count in the file is placed into ids when the config is parsed)."""
         return [] if isinstance(self.attackers, int) else list(self.attackers)
 
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file with ``yaml.safe_load``; syntax errors name the line and column.
-
-    The file is read as bytes, so PyYAML's reader decodes it: UTF-8 (with or without a byte-order mark),
-    or UTF-16 with a byte-order mark; anything else is a ``ConfigError`` asking for UTF-8.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError([("", f"config file {str(p)!r} does not exist; check the path")])
-    try:
-        raw = yaml.safe_load(p.read_bytes())
-    except OSError as exc:
-        raise ConfigError([("", f"cannot read the file: {exc.strerror or exc}; check its permissions")],
-                          source=str(p)) from None
-    except yaml.reader.ReaderError as exc:
-        raise ConfigError([("", f"the file is not UTF-8 text ({exc.reason}: byte {_byte(exc.character)} at offset "
-                                f"{exc.position}); save it as UTF-8")], source=str(p)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([("", f"YAML syntax error{where}: {problem}; fix the file")], source=str(p)) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError([("", f"the file must hold a mapping of keys, got {type(raw).__name__}")], source=str(p))
-    return raw
-
-
-def _byte(char: Any) -> str:
-    return f"0x{char:02x}" if isinstance(char, int) else repr(char)
-
-
-MAX_VALUES = 100_000  # scalars and containers in one config, counted with every alias expanded
-
-
-def raw_errors(raw: Any) -> list[tuple[str, str]]:
-    """Checks of the raw mapping before the schema sees it: its expanded size and its floats.
-
-    * YAML aliases let a few hundred bytes stand for billions of values (``*a9`` nesting ten ``*a8``...);
-      a config that expands past ``MAX_VALUES`` values is refused before anything walks it in full.
-    * Every number must be finite: ``.inf`` would pass a ``gt=0`` bound (``lr: .inf`` trains to NaN),
-      and ``.nan`` compares false with everything. No field of dfl-sim takes a non-finite value.
-    """
-    errors: list[tuple[str, str]] = []
-    stack: list[tuple[str, Any]] = [("", raw)]
-    seen = 0
-    while stack:
-        path, value = stack.pop()
-        seen += 1
-        if seen > MAX_VALUES:
-            return [(path.split(".")[0], f"the config expands to more than {MAX_VALUES} values (YAML aliases "
-                                         "nested inside one another?); write the values out or shorten them")]
-        if isinstance(value, float) and not math.isfinite(value):
-            errors.append((path, f"{value} is not a finite number; give a finite value"))
-        elif isinstance(value, dict):
-            stack += [(f"{path}.{k}" if path else str(k), v) for k, v in reversed(value.items())]
-        elif isinstance(value, list):
-            stack += [(f"{path}.{i}" if path else str(i), v) for i, v in reversed(list(enumerate(value)))]
-    return errors
-
-
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^\d+$")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``a.b=c`` -> (``"a.b"``, value parsed as YAML)."""
-    if "=" not in text:
-        raise ConfigError([("--set", f"{text!r} is not of the form key.path=value (e.g. --set rounds=3)")])
-    key, _, value = text.partition("=")
-    key = key.strip()
-    if not key or not all(_KEY.match(part) for part in key.split(".")):
-        raise ConfigError([("--set", f"{key!r} is not a dotted key path (e.g. data.partition.params.alpha)")])
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    return key, parsed
-
-
-def apply_override(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
-    """Return a copy of ``raw`` with ``key`` (dotted, list indices allowed) set to ``value``."""
-    out = copy.deepcopy(raw)
-    node: Any = out
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        here = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            idx = int(part) if part.isdigit() else None
-            if idx is None or idx >= len(node):
-                raise ConfigError([(here, f"index {part} is out of range for a list of {len(node)}")])
-            node = node[idx]
-        elif isinstance(node, dict):
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-        else:
-            raise ConfigError([(here, f"cannot set a key inside a {type(node).__name__} value")])
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError([(key, f"index {last} is out of range for a list of {len(node)}")])
-        node[int(last)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise ConfigError([(key, f"cannot set a key inside a {type(node).__name__} value")])
-    return out
-
-
-def parse_config(raw: dict[str, Any], overrides: list[str] = (), source: str | None = None) -> ExperimentConfig:  # type: ignore[assignment]
-    """Validate a raw mapping (after overrides); collect every error and raise one ``ConfigError``."""
-    for text in overrides:
-        key, value = parse_override(text)
-        raw = apply_override(raw, key, value)
-    errors = raw_errors(raw)
-    if errors:
-        raise ConfigError(errors, source=source)
-    try:
-        cfg = ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(pydantic_errors(exc), source=source) from None
-    errors = place_attackers(cfg) + resolve_plugins(cfg) + cross_checks(cfg)
-    if errors:
-        raise ConfigError(errors, source=source)
-    return cfg
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:  # type: ignore[assignment]
-    """Read, override and validate an experiment file."""
-    return parse_config(read_yaml(path), overrides, source=str(path))
-
-
-def place_attackers(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """``attackers: k`` (a count) -> k node ids drawn uniformly without replacement, seeded by ``seed``."""
-    if not isinstance(cfg.attackers, int):
-        return []
-    k = cfg.attackers
-    if not 0 <= k < cfg.nodes:
-        return [("attackers", f"a count of {k} attackers needs 0 <= count < nodes={cfg.nodes}; lower it or list node ids")]
-    import numpy as np
-
-    rng = np.random.default_rng([cfg.seed, 3])
-    cfg.attackers = sorted(int(i) for i in rng.choice(cfg.nodes, size=k, replace=False))
-    return []
-
-
-def resolve_plugins(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """Check each plugin spec against its registry and fill in its params' defaults, in place."""
-    from dfl.plugins import load_plugins
-    from dfl.registries import AGGREGATORS, ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONERS, TOPOLOGIES
-
-    load_plugins()
-    errors: list[tuple[str, str]] = []
-    specs: list[tuple[str, Any, Any]] = [
-        ("data.dataset", cfg.data.dataset, DATASETS),
-        ("data.partition", cfg.data.partition, PARTITIONERS),
-        ("model", cfg.model, MODELS),
-        ("topology", cfg.topology, TOPOLOGIES),
-        ("aggregator", cfg.aggregator, AGGREGATORS),
-    ] + [(f"attacks.{i}", a, ATTACKS) for i, a in enumerate(cfg.attacks)] + [
-        (f"defenses.{i}", d, DEFENSES) for i, d in enumerate(cfg.defenses)]
-    for path, spec, registry in specs:
-        try:
-            entry = registry.get(spec.name, f"{path}.name")
-            spec.params = entry.parse_params(spec.params, f"{path}.params").model_dump(mode="json")
-            if getattr(entry.obj, "kind", "") == "inversion" and "access" not in spec.model_fields_set:
-                spec.access = "params"  # what it uses, written out so the saved config reads back the same
-        except ConfigError as exc:
-            errors += exc.errors
-    return errors
-
-
-def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """Checks that span fields: attacker ids, graph shape and connectivity."""
-    errors: list[tuple[str, str]] = []
-    seen: set[int] = set()
-    for i, a in enumerate(cfg.attacker_ids):
-        if not 0 <= a < cfg.nodes:
-            errors.append((f"attackers.{i}", f"node id {a} is out of range; ids run from 0 to {cfg.nodes - 1} (nodes={cfg.nodes})"))
-        if a in seen:
-            errors.append((f"attackers.{i}", f"node id {a} is listed twice; list each attacker once"))
-        seen.add(a)
-    if not errors and len(seen) == cfg.nodes and cfg.nodes > 0:
-        errors.append(("attackers", f"all {cfg.nodes} nodes are attackers; leave at least one victim"))
-    if not any(p for p, _ in errors if p.startswith("topology")):
-        from dfl.topology import check_topology
-
-        errors += check_topology(cfg)
-    errors += topology_checks(cfg)
-    if not errors and cfg.attacks:
-        errors += attack_checks(cfg)
-    for i, d in enumerate(cfg.defenses):
-        for j, n in enumerate(d.nodes if isinstance(d.nodes, list) else []):
-            if not 0 <= n < cfg.nodes:
-                errors.append((f"defenses.{i}.nodes.{j}", f"node id {n} is out of range; ids run from 0 to {cfg.nodes - 1}"))
-    if not errors:
-        errors += defense_checks(cfg)
-    return errors
-
-
-def topology_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """What the topology requires of the rest of the experiment: ``config_errors(cfg)`` of its registered
-    builder, if it has one (``centralized``: what a Flower run cannot do)."""
-    from dfl.registries import TOPOLOGIES
-
-    check = getattr(TOPOLOGIES.get(cfg.topology.name).obj, "config_errors", None) \
-        if cfg.topology.name in TOPOLOGIES else None
-    return check(cfg) if check is not None else []
-
-
-def defense_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """What a defense requires of the rest of the experiment: ``config_errors(cfg, index)`` of its registered class."""
-    from dfl.registries import DEFENSES
-
-    errors: list[tuple[str, str]] = []
-    for i, d in enumerate(cfg.defenses):
-        check = getattr(DEFENSES.get(d.name).obj, "config_errors", None) if d.name in DEFENSES else None
-        if check is not None:
-            errors += check(cfg, i)
-    return errors
-
-
 def defended_nodes(cfg: ExperimentConfig, spec: DefenseSpec) -> list[int]:
     """The node ids that run ``spec``: ``honest`` (every non-attacker), ``all``, or the listed ids."""
     if spec.nodes == "all":
@@ -402,52 +166,7 @@ def defended_nodes(cfg: ExperimentConfig, spec: DefenseSpec) -> list[int]:
     return sorted(set(spec.nodes))
 
 
-def attack_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """Attacks need attackers, victims to reach, rounds that exist and (for shadow training) auxiliary data."""
-    from dfl.registries import ATTACKS
-    from dfl.topology import base_graph
-
-    errors: list[tuple[str, str]] = []
-    attackers = cfg.attacker_ids
-    if not attackers:
-        return [("attackers", f"{len(cfg.attacks)} attack(s) are configured but no node is an attacker; "
-                              "list attacker node ids (attackers: [0]) or a count (attackers: 1)")]
-    graph = base_graph(cfg, 0)
-    for i, spec in enumerate(cfg.attacks):
-        entry = ATTACKS.get(spec.name, f"attacks.{i}.name")
-        if getattr(entry.obj, "needs_auxiliary", False) and cfg.data.auxiliary_fraction <= 0:
-            errors.append((f"attacks.{i}.name", f"{spec.name} trains shadow models on the attacker's auxiliary data, "
-                           "but data.auxiliary_fraction is 0; set it (e.g. 0.1)"))
-        if getattr(entry.obj, "kind", "") == "inversion" and spec.access == "query" and "access" in spec.model_fields_set:
-            errors.append((f"attacks.{i}.access", f"{spec.name} inverts the state a neighbour shared, so it needs "
-                           "access: params (or leave access out)"))
-        for r in spec.rounds or []:
-            if not 1 <= r <= cfg.rounds:
-                errors.append((f"attacks.{i}.rounds", f"round {r} does not exist; rounds run from 1 to {cfg.rounds}"))
-        if spec.targets == "neighbours":
-            for a in attackers:
-                if graph.degree(a) == 0:
-                    errors.append((f"attacks.{i}.targets", f"attacker {a} has no neighbours in the {cfg.topology.name} "
-                                   "graph; list explicit targets or choose another attacker"))
-        else:
-            for j, t in enumerate(spec.targets):
-                if not 0 <= t < cfg.nodes or t in attackers:
-                    errors.append((f"attacks.{i}.targets.{j}", f"target {t} must be a node id below {cfg.nodes} "
-                                   "that is not an attacker"))
-                elif spec.access == "params" and (far := [a for a in attackers if not graph.has_edge(a, t)]):
-                    errors.append((f"attacks.{i}.targets.{j}", f"node {t} is not a neighbour of attacker(s) {far} in "
-                                   f"the {cfg.topology.name} graph, and access: params sees only the states its "
-                                   "neighbours share; target neighbours, or use access: query (any node's "
-                                   "prediction API)"))
-    return errors
-
-
 def default_data_root() -> Path:
     """``$DFL_SIM_DATA`` or ``~/.cache/dfl-sim/data``."""
     env = os.environ.get("DFL_SIM_DATA")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dfl-sim" / "data"
-
-
-def dump_config(cfg: ExperimentConfig) -> str:
-    """The resolved config as YAML (every default written out)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

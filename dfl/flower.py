@@ -48,8 +48,9 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 
-from dfl.config import ExperimentConfig, default_data_root, parse_config
+from dfl.config import ExperimentConfig, default_data_root
 from dfl.errors import ConfigError, RunError
+from dfl.experiment import parse_config
 from dfl.mixing import gossip_row
 from dfl.participant import Participant, flatten_into_views
 from dfl.population import Population

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from dfl.config import ExperimentConfig, InitConfig, dump_config, parse_config, read_yaml
+from dfl.config import ExperimentConfig, InitConfig
 from dfl.errors import ConfigError, RunError
+from dfl.experiment import dump_config, parse_config, read_yaml
 
 CHECKPOINT = "checkpoints/latest.pt"
 

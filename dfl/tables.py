@@ -192,7 +192,7 @@ def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] |
 
     ``jobs``: runs at once, each in its own process (:func:`dfl.api.run_all`); the figures do not depend on it."""
     from dfl import api
-    from dfl.config import load_config
+    from dfl.experiment import load_config
 
     if name not in TABLES:
         raise ConfigError([("table", f"unknown table {name!r}; choose one of {', '.join(TABLES)}")])

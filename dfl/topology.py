@@ -115,7 +115,7 @@ def check_topology(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     Builds the round-0 base graph (no link failures) -- and with ``resample_every`` the base graphs of
     the first ``CHECKED_EPOCHS`` epochs within ``rounds`` -- and reports a builder's size errors and,
     unless ``topology.allow_disconnected``, the first disconnected graph. An unknown topology name or
-    invalid params yield ``[]`` here: ``dfl.config.resolve_plugins`` reports those.
+    invalid params yield ``[]`` here: ``dfl.experiment.resolve_plugins`` reports those.
     """
     topologies, _ = _registries()
     try:

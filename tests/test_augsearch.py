@@ -9,7 +9,7 @@ import yaml
 
 from dfl.augsearch import search, write
 from dfl.cli import main
-from dfl.config import parse_config
+from dfl.experiment import parse_config
 
 
 def test_search_scores_every_candidate_and_writes_a_policy_the_defense_accepts(tiny, write_cfg, tmp_path):

@@ -356,7 +356,7 @@ case("init: an interrupted run", "init.run")(
 def base_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("base-runs")
     cfg = merge(copy.deepcopy(TINY), {"output": {"dir": str(root)}})
-    from dfl.config import parse_config
+    from dfl.experiment import parse_config
 
     interrupted = api.run(parse_config(copy.deepcopy(cfg)), stop_after=1).run_dir
     complete = api.run(parse_config(cfg)).run_dir

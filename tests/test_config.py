@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dfl.config import ExperimentConfig, apply_override, dump_config, load_config, parse_config, parse_override
+from dfl.config import ExperimentConfig
 from dfl.errors import ConfigError
+from dfl.experiment import apply_override, dump_config, load_config, parse_config, parse_override
 
 
 def test_minimal_config_fills_defaults(tiny):

@@ -105,7 +105,7 @@ def test_defenses_act_on_queries_only(tiny, write_cfg):
 
 
 def test_participant_query_applies_its_defenses(tiny):
-    from dfl.config import parse_config
+    from dfl.experiment import parse_config
     from dfl.population import Population
 
     tiny["defenses"] = [{"name": "confidence_masking", "params": {"mode": "label_only"}, "nodes": [0]}]

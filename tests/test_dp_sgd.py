@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfl import api
-from dfl.config import TrainingConfig, parse_config
+from dfl.config import TrainingConfig
 from dfl.errors import ConfigError
+from dfl.experiment import parse_config
 from dfl.participant import Participant, Split
 from dfl.plugins import load_plugins
 from dfl.query import DefenseContext

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ValidationError
 
 from dfl import api
 from dfl.cli import main
-from dfl.config import MAX_VALUES, parse_config, raw_errors
 from dfl.errors import ConfigError, RunError
+from dfl.experiment import MAX_VALUES, parse_config, raw_errors
 from dfl.registry import pydantic_errors, short_repr
 from dfl.rundir import RunDir
 

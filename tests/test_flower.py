@@ -22,9 +22,10 @@ pytest.importorskip("flwr")
 from conftest import TINY  # noqa: E402
 from flwr.client import NumPyClient  # noqa: E402
 
-from dfl.config import ExperimentConfig, parse_config  # noqa: E402
+from dfl.config import ExperimentConfig  # noqa: E402
 from dfl.engines.serial import SerialEngine  # noqa: E402
 from dfl.errors import ConfigError, RunError  # noqa: E402
+from dfl.experiment import parse_config  # noqa: E402
 from dfl.federation import Federation  # noqa: E402
 from dfl.flower import (  # noqa: E402
     NumPyClientLearner,

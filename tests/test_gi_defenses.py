@@ -11,7 +11,7 @@ import torchvision.transforms.v2.functional as TF
 
 from defenses.defensive_augmentation import OPS, PRESETS, DefensiveAugmentationParams, apply, resolve_policy
 from dfl.cli import main
-from dfl.config import parse_config
+from dfl.experiment import parse_config
 from dfl.plugins import load_plugins
 from dfl.population import Population
 

@@ -9,7 +9,7 @@ import torch
 
 from dfl import api
 from dfl.cli import main
-from dfl.config import parse_config
+from dfl.experiment import parse_config
 from dfl.population import Population
 from dfl.rundir import RunDir
 

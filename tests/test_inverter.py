@@ -8,7 +8,7 @@ import torch
 
 from dfl import api
 from dfl.cli import main
-from dfl.config import parse_config
+from dfl.experiment import parse_config
 from dfl.inversion import gradient_of, pseudo_gradient
 from dfl.inverter import Inverter
 from dfl.participant import local_batches

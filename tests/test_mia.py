@@ -12,7 +12,8 @@ from attacks.metric import modified_entropy
 from dfl import api
 from dfl.adversary import scheduled
 from dfl.cli import main
-from dfl.config import AttackSpec, parse_config
+from dfl.config import AttackSpec
+from dfl.experiment import parse_config
 from dfl.privacy import decision_metrics
 from dfl.rundir import RunDir
 
@@ -161,8 +162,8 @@ def test_null_test_on_a_trained_model():
 def test_query_attacks_may_target_any_node_params_attacks_only_neighbours(tiny, write_cfg):
     """One rule for explicit targets: ``access: query`` reaches any node's prediction API; ``access: params``
     (and every inversion attack) sees only what its neighbours share, so a non-neighbour is a config error."""
-    from dfl.config import parse_config
     from dfl.errors import ConfigError
+    from dfl.experiment import parse_config
     from dfl.rundir import RunDir
 
     tiny["rounds"] = 1  # a ring of 4, attacker 1: neighbours 0 and 2, node 3 is not one

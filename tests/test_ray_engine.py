@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dfl import api
-from dfl.config import parse_config
 from dfl.engines.ray import place, require_ray
 from dfl.errors import ParticipantError
+from dfl.experiment import parse_config
 from dfl.population import Population
 from dfl.rundir import RunDir
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from dfl.data import cache
+from dfl.data.cache import cached
 from dfl.data.base import ImageData
 from dfl.errors import DataError
 from dfl.registries import DATASETS
@@ -317,7 +317,7 @@ def load_imagefolder(
     if not path.exists():
         raise DataError(f"imagefolder source {path} does not exist; give a directory or an archive with {LAYOUT}")
     params = {"image_size": image_size, "grayscale": grayscale}
-    data = cache.cached(path, "imagefolder", params, lambda: read_imagefolder(path, image_size, grayscale))
+    data = cached(path, "imagefolder", params, lambda: read_imagefolder(path, image_size, grayscale))
     if name is not None and data.name != name:
         data.name = name
     return data
