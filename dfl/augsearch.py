@@ -35,8 +35,8 @@ import yaml
 from torch import nn
 
 from dfl.config import ExperimentConfig
-from dfl.query import DefenseContext, TrainingDefense
 from dfl.plugins import load_plugins
+from dfl.query import DefenseContext, TrainingDefense
 from dfl.registries import ATTACKS, DEFENSES
 from dfl.seeding import derive_seed
 

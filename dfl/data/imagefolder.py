@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from dfl.data.cache import cached
 from dfl.data.base import ImageData
+from dfl.data.cache import cached
 from dfl.errors import DataError
 from dfl.registries import DATASETS
 
