@@ -1,8 +1,8 @@
 """dfl-sim plugin package: attacks, registered into ``dfl.registries.ATTACKS``.
 
-Membership inference (``dfl.threat.MembershipAttack``): confidence, correctness, entropy, label_only,
+Membership inference (``dfl.attack.MembershipAttack``): confidence, correctness, entropy, label_only,
 lira_offline, loss, modified_entropy, shadow_model, top1_threshold. Gradient inversion
-(``dfl.threat.InversionAttack``): dlg, idlg, inverting_gradients.
+(``dfl.attack.InversionAttack``): dlg, idlg, inverting_gradients.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The attack interface, defined in the core (``dfl.threat``) so that the scorer never imports plugins."""
+"""The attack interface, defined in the core (``dfl.attack``) so that the scorer never imports plugins."""
 
 from __future__ import annotations
 
-from dfl.threat import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs, probabilities
+from dfl.attack import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs, probabilities
 
 __all__ = ["AdversaryView", "AttackResult", "Labelled", "MembershipAttack", "Outputs", "probabilities"]

@@ -25,9 +25,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from dfl.inversion import Reconstruction, gradient_of, l2_mismatch
+from dfl.adversary.gradients import Reconstruction, gradient_of, l2_mismatch
+from dfl.attack import InversionAttack, InversionOptions
 from dfl.registries import ATTACKS
-from dfl.threat import InversionAttack, InversionOptions
 
 
 class DLGParams(InversionOptions):
@@ -136,8 +136,8 @@ def dlg(
 ) -> Reconstruction:
     """Reconstruct a batch of ``batch_size`` images ``image_shape = (C, H, W)`` and their labels from ``target_grads``.
 
-    ``target_grads``: the victim's gradient per parameter of ``model`` (:func:`dfl.inversion.pseudo_gradient`
-    of its update, or :func:`dfl.inversion.gradient_of` of its batch). Dummy images and label logits are
+    ``target_grads``: the victim's gradient per parameter of ``model`` (:func:`dfl.adversary.gradients.pseudo_gradient`
+    of its update, or :func:`dfl.adversary.gradients.gradient_of` of its batch). Dummy images and label logits are
     drawn from ``generator`` (a CPU ``torch.Generator``), so a seed fixes the reconstruction.
     """
     device = model_device(model)

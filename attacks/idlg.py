@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from attacks.dlg import DLGParams, lbfgs_match, model_device
-from dfl.inversion import Reconstruction
+from dfl.adversary.gradients import Reconstruction
+from dfl.attack import InversionAttack
 from dfl.registries import ATTACKS
-from dfl.threat import InversionAttack
 
 
 class IDLGParams(DLGParams):

@@ -24,9 +24,10 @@ from torch import nn
 
 from attacks.dlg import model_device
 from attacks.idlg import infer_labels
-from dfl.inversion import Reconstruction, Stats, cosine_mismatch, gradient_of, total_variation
+from dfl.adversary.gradients import Reconstruction, cosine_mismatch, gradient_of, total_variation
+from dfl.attack import InversionAttack, InversionOptions
+from dfl.metrics.images import Stats
 from dfl.registries import ATTACKS
-from dfl.threat import InversionAttack, InversionOptions
 
 
 class InvertingGradientsParams(InversionOptions):

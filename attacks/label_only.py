@@ -11,7 +11,7 @@ with ``Q(x)`` = every translation of ``x`` by ``(dy, dx)``, ``|dy| + |dx| <= tra
 identity included; edges replicated), each also flipped horizontally when ``flips`` is set, plus
 ``noise_draws`` copies ``x + noise_std * N(0, I)`` (the paper's noise-robustness variant, in the
 normalised pixel space). The decision threshold maximises balanced accuracy on shadow models trained
-on the auxiliary pool with the victims' recipe (:func:`dfl.privacy.best_threshold`).
+on the auxiliary pool with the victims' recipe (:func:`dfl.metrics.membership.best_threshold`).
 
 Only the argmax of ``outputs(x)`` is ever read, so a defense that keeps the predicted label (rounding
 or truncating the confidences, MemGuard's label-preserving noise) leaves these scores unchanged.
@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs, probabilities
 from attacks.shadow import ShadowParams, shadow_models, stack
-from dfl.privacy import best_threshold
+from dfl.metrics.membership import best_threshold
 from dfl.registries import ATTACKS
 
 Labeller = Callable[[torch.Tensor], torch.Tensor]  # images (B, C, H, W) -> predicted labels (B,)

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack, Outputs, probabilities
 from attacks.shadow import ShadowParams, shadow_models, stack
-from dfl.privacy import best_threshold, per_class_thresholds
+from dfl.metrics.membership import best_threshold, per_class_thresholds
 
 EPS = 1e-30
 

@@ -2,7 +2,7 @@
 
 The node indexes 2,000 CIFAR-10 training images (and a neighbour's 2,000); queries come in batches
 of ``--batch`` images of which ``--match`` are indexed training images, the rest test images. Both
-sides answer through :func:`dfl.query.defended_query` with the ``cnn`` of experiments/ring_cifar10.yaml
+sides answer through :func:`dfl.defense.defended_query` with the ``cnn`` of experiments/ring_cifar10.yaml
 (channels 32, 64) on one torch thread; the defended side pays for the pHash of every query, the index
 lookup, the hash-chosen augmentation of the matches and the prototype fusion. Prints queries per second
 of each side and their ratio (target: defended >= 0.5x undefended at 50% matches).
@@ -28,9 +28,9 @@ from defenses.augmixcloak import AugMixCloak, AugMixCloakParams  # noqa: E402
 from defenses.phash import phash  # noqa: E402
 from dfl.config import Spec  # noqa: E402
 from dfl.data import channel_stats, load_dataset, to_float  # noqa: E402
+from dfl.defense import DefenseContext, defended_query  # noqa: E402
 from dfl.models import build_model  # noqa: E402
 from dfl.plugins import load_plugins  # noqa: E402
-from dfl.query import DefenseContext, defended_query  # noqa: E402
 
 
 def rate(fn, batches: list[torch.Tensor], repeats: int) -> float:

@@ -3,7 +3,7 @@
 Both sides run the same config -- model, data, partition, clients, local epochs, optimizer, seed --
 on the same CPU budget (``--cpus``, default 2):
 
-- Flower: ``topology.name: centralized`` through :func:`dfl.flower.run_centralized`
+- Flower: ``topology.name: centralized`` through :func:`dfl.engines.flower.run_centralized`
   (``flwr.simulation.run_simulation``, Ray backend, ``--cpus`` actors of 1 CPU, 1 torch thread each);
 - dfl-sim: ``topology.name: fully_connected`` with ``aggregator.name: sample_weighted`` (one gossip round
   on the complete graph with FedAvg weights is the server's average) through ``dfl.api.run`` on
@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dfl.api import prepare, run  # noqa: E402
+from dfl.engines.flower import run_centralized  # noqa: E402
 from dfl.experiment import parse_config  # noqa: E402
-from dfl.flower import run_centralized  # noqa: E402
 
 COMMON: dict[str, Any] = {
     "seed": 0,

@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attacks.dlg import dlg, uniform_init_  # noqa: E402
 from attacks.idlg import infer_labels  # noqa: E402
 from attacks.inverting_gradients import inverting_gradients  # noqa: E402
+from dfl.adversary.gradients import Reconstruction, gradient_of, pseudo_gradient  # noqa: E402
 from dfl.config import Spec  # noqa: E402
 from dfl.data import channel_stats, load_dataset, to_float  # noqa: E402
-from dfl.inversion import Reconstruction, gradient_of, match, pseudo_gradient, psnr, ssim  # noqa: E402
+from dfl.federation.participant import flatten_into_views  # noqa: E402
+from dfl.metrics.images import match, psnr, ssim  # noqa: E402
 from dfl.models import build_model  # noqa: E402
-from dfl.participant import flatten_into_views  # noqa: E402
 
 SHAPE = (3, 32, 32)
 

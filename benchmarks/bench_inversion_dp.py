@@ -27,12 +27,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attacks.inverting_gradients import inverting_gradients  # noqa: E402
+from dfl.adversary.gradients import gradient_of  # noqa: E402
+from dfl.adversary.reference import recognisability, reference_classifier  # noqa: E402
 from dfl.config import Spec  # noqa: E402
 from dfl.data import channel_stats, load_dataset, to_float  # noqa: E402
-from dfl.inversion import gradient_of, psnr  # noqa: E402
+from dfl.federation.participant import flatten_into_views  # noqa: E402
+from dfl.metrics.images import psnr  # noqa: E402
 from dfl.models import build_model  # noqa: E402
-from dfl.participant import flatten_into_views  # noqa: E402
-from dfl.reference import recognisability, reference_classifier  # noqa: E402
 from dfl.rundir import RunDir  # noqa: E402
 
 SHAPE = (3, 32, 32)

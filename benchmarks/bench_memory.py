@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dfl.engines.serial import SerialEngine  # noqa: E402
 from dfl.experiment import parse_config  # noqa: E402
-from dfl.federation import Federation  # noqa: E402
-from dfl.population import Population  # noqa: E402
+from dfl.federation.population import Population  # noqa: E402
+from dfl.federation.rounds import Federation  # noqa: E402
 
 
 def rss() -> int:

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dfl.engines import engine_class  # noqa: E402
 from dfl.experiment import parse_config  # noqa: E402
-from dfl.federation import Federation  # noqa: E402
-from dfl.population import Population  # noqa: E402
+from dfl.federation.population import Population  # noqa: E402
+from dfl.federation.rounds import Federation  # noqa: E402
 
 
 def cfg_for(nodes: int, image: int, channels: int, per_node: int, engine: str, threads: int, **training) -> dict:

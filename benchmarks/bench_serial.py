@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from dfl.engines.serial import SerialEngine  # noqa: E402
 from dfl.experiment import parse_config  # noqa: E402
-from dfl.federation import Federation  # noqa: E402
-from dfl.population import Population  # noqa: E402
+from dfl.federation.population import Population  # noqa: E402
+from dfl.federation.rounds import Federation  # noqa: E402
 from dfl.topology import build_graph  # noqa: E402
 
 

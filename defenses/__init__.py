@@ -1,7 +1,7 @@
 """dfl-sim plugin package: defenses, registered into ``dfl.registries.DEFENSES``.
 
-Query-time (``dfl.query.QueryDefense``): augmixcloak, confidence_masking, confidence_regularization,
-confidence_perturbation, image_perturbation, memguard. Training-time (``dfl.query.TrainingDefense``):
+Query-time (``dfl.defense.QueryDefense``): augmixcloak, confidence_masking, confidence_regularization,
+confidence_perturbation, image_perturbation, memguard. Training-time (``dfl.defense.TrainingDefense``):
 adamixup, mixup, label_smoothing, weight_penalty (L1/L2), dp_sgd (Opacus), defensive_augmentation; at share
 time (the update a node shares): update_pruning, update_noise. Dropout is ``model.params.dropout``.
 """

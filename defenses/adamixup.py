@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from defenses.mixup import beta
-from dfl.query import TrainingDefense
+from dfl.defense import TrainingDefense
 from dfl.registries import DEFENSES
 
 

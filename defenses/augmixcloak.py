@@ -37,8 +37,8 @@ from torch import nn
 
 from defenses.phash import phash
 from defenses.phash_index import PHashIndex
-from dfl.privacy import best_threshold
-from dfl.query import DefenseContext, QueryDefense
+from dfl.defense import DefenseContext, QueryDefense
+from dfl.metrics.membership import best_threshold
 from dfl.registries import DEFENSES
 from dfl.seeding import derive_seed
 

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dfl.query import DefenseContext, TrainingDefense
+from dfl.defense import DefenseContext, TrainingDefense
 from dfl.registries import DEFENSES
 
 Op = Literal["autocontrast", "brightness", "color", "contrast", "equalize", "invert", "posterize", "rotate",

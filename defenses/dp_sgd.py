@@ -35,8 +35,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from dfl.defense import DefenseContext, TrainingDefense
 from dfl.errors import ConfigError
-from dfl.query import DefenseContext, TrainingDefense
 from dfl.registries import DEFENSES, MODELS
 from dfl.seeding import TRAIN_DEFENSE, torch_generator
 

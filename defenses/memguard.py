@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from dfl.defense import DefenseContext, QueryDefense
 from dfl.errors import ConfigError
-from dfl.query import DefenseContext, QueryDefense
 from dfl.registries import DEFENSES
 from dfl.seeding import derive_seed
 

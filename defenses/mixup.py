@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from dfl.query import TrainingDefense
+from dfl.defense import TrainingDefense
 from dfl.registries import DEFENSES
 
 

@@ -19,8 +19,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from dfl.participant import shared_tensors
-from dfl.query import TrainingDefense
+from dfl.defense import TrainingDefense
+from dfl.federation.participant import shared_tensors
 from dfl.registries import DEFENSES
 from dfl.seeding import derive_seed
 

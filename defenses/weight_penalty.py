@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from dfl.query import TrainingDefense
+from dfl.defense import TrainingDefense
 from dfl.registries import DEFENSES
 
 

@@ -52,9 +52,9 @@ def prepare(cfg: ExperimentConfig, population_factory: PopulationFactory | None 
     """Load data, make splits and build the initial model: every data/model error surfaces here.
 
     ``population_factory(cfg) -> Population`` replaces ``Population.from_config``, e.g. to make every
-    node a user's Flower ``NumPyClient`` (``dfl.flower.NumPyClientPopulation.wrap``).
+    node a user's Flower ``NumPyClient`` (``dfl.federation.flower_client.NumPyClientPopulation.wrap``).
     """
-    from dfl.population import Population
+    from dfl.federation.population import Population
 
     try:
         population = (population_factory or Population.from_config)(cfg)
@@ -179,7 +179,7 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, stop_afte
         raise RunError(f"{rundir.path} is already complete; nothing to resume (start a new run instead)")
     cfg = rundir.config()
     if cfg.topology.name == "centralized":
-        from dfl.flower import check_resume
+        from dfl.engines.flower import check_resume
 
         check_resume(cfg)
     ckpt = rundir.load_checkpoint()
@@ -193,7 +193,7 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, stop_afte
 def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int, snaps: list[Any] | None,
              progress: ProgressFn | None, stop_after: int | None, t0: float) -> RunResult:
     from dfl.engines import engine_class
-    from dfl.federation import Federation
+    from dfl.federation.rounds import Federation
     from dfl.report import write_outputs
     from dfl.topology import build_graph
 
@@ -210,8 +210,8 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
                 rundir.save_checkpoint(0, engine.snapshot())  # a fault in round 1 rolls back to here
             observers: list[Any] = []
             if cfg.attacks:
-                from dfl.adversary import Adversary
-                from dfl.inverter import Inverter, is_inversion
+                from dfl.adversary.inversion import Inverter, is_inversion
+                from dfl.adversary.membership import Adversary
 
                 if not all(is_inversion(a.name) for a in cfg.attacks):
                     observers.append(Adversary(cfg, population))
@@ -289,7 +289,7 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
 def _run_flower(cfg: ExperimentConfig, population: Any, rundir: RunDir, progress: ProgressFn | None,
                 timings: dict[str, float], t0: float) -> None:
     """``topology: centralized``: FedAvg through Flower's simulation engine, writing the same records."""
-    from dfl.flower import run_centralized
+    from dfl.engines.flower import run_centralized
 
     def on_progress(done: int, total: int, summary: dict[str, Any]) -> None:
         timings.setdefault("to_first_round_s", time.perf_counter() - t0)

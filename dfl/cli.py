@@ -185,10 +185,10 @@ def _search_augmentation(args: argparse.Namespace, console: Console) -> int:
     from pathlib import Path
 
     from dfl.api import validate
-    from dfl.augsearch import search, write
     from dfl.errors import ConfigError
     from dfl.plugins import load_plugins
     from dfl.registries import DEFENSES
+    from dfl.studies.augsearch import search, write
 
     load_plugins()
     ops = DEFENSES.get("defensive_augmentation").obj.OPS  # the augmentation search scores that defense's ops

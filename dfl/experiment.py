@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
+from dfl.adversary.targets import target_errors
 from dfl.config import ExperimentConfig
 from dfl.errors import ConfigError
 from dfl.plugins import load_plugins
@@ -265,24 +266,8 @@ def attack_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         for r in spec.rounds or []:
             if not 1 <= r <= cfg.rounds:
                 errors.append((f"attacks.{i}.rounds", f"round {r} does not exist; rounds run from 1 to {cfg.rounds}"))
-        if spec.targets == "neighbours":
-            for a in attackers:
-                if graph.degree(a) == 0:
-                    errors.append((f"attacks.{i}.targets", f"attacker {a} has no neighbours in the {cfg.topology.name} "
-                                   "graph; list explicit targets or choose another attacker"))
-        else:
-            for j, t in enumerate(spec.targets):
-                if not 0 <= t < cfg.nodes or t in attackers:
-                    errors.append((f"attacks.{i}.targets.{j}", f"target {t} must be a node id below {cfg.nodes} "
-                                   "that is not an attacker"))
-                elif spec.access == "params" and (far := [a for a in attackers if not graph.has_edge(a, t)]):
-                    errors.append((f"attacks.{i}.targets.{j}", f"node {t} is not a neighbour of attacker(s) {far} in "
-                                   f"the {cfg.topology.name} graph, and access: params sees only the states its "
-                                   "neighbours share; target neighbours, or use access: query (any node's "
-                                   "prediction API)"))
+        errors += target_errors(cfg, i, graph)
     return errors
-
-
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

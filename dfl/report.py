@@ -194,7 +194,7 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
 
     mia = [r for r in records if r["kind"] == "mia"]
     if mia:
-        from dfl.adversary import ROC_POINTS
+        from dfl.adversary.membership import ROC_POINTS
 
         last = max(r["round"] for r in mia)
         fig, ax = plt.subplots(figsize=(5.5, 5))

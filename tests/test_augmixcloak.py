@@ -14,8 +14,8 @@ from torch import nn
 
 from defenses.augmixcloak import OPS, AugMixCloak, AugMixCloakParams, apply_op, augment, plan
 from dfl import api
+from dfl.defense import DefenseContext, defended_query
 from dfl.plugins import load_plugins
-from dfl.query import DefenseContext, defended_query
 from dfl.rundir import RunDir
 
 load_plugins()

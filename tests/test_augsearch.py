@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import yaml
 
-from dfl.augsearch import search, write
 from dfl.cli import main
 from dfl.experiment import parse_config
+from dfl.studies.augsearch import search, write
 
 
 def test_search_scores_every_candidate_and_writes_a_policy_the_defense_accepts(tiny, write_cfg, tmp_path):

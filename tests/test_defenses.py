@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from dfl import api
+from dfl.defense import DefenseContext, QueryDefense, defended_query
 from dfl.plugins import load_plugins
-from dfl.query import DefenseContext, QueryDefense, defended_query
 from dfl.registries import DEFENSES
 from dfl.rundir import RunDir
 
@@ -106,7 +106,7 @@ def test_defenses_act_on_queries_only(tiny, write_cfg):
 
 def test_participant_query_applies_its_defenses(tiny):
     from dfl.experiment import parse_config
-    from dfl.population import Population
+    from dfl.federation.population import Population
 
     tiny["defenses"] = [{"name": "confidence_masking", "params": {"mode": "label_only"}, "nodes": [0]}]
     pop = Population.from_config(parse_config(tiny))

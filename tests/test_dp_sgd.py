@@ -13,11 +13,11 @@ from torch import nn
 
 from dfl import api
 from dfl.config import TrainingConfig
+from dfl.defense import DefenseContext
 from dfl.errors import ConfigError
 from dfl.experiment import parse_config
-from dfl.participant import Participant, Split
+from dfl.federation.participant import Participant, Split
 from dfl.plugins import load_plugins
-from dfl.query import DefenseContext
 from dfl.registries import DEFENSES
 from dfl.rundir import RunDir
 
@@ -86,7 +86,7 @@ def test_epsilon_is_opacus_rdp_and_grows_with_sigma_down_and_rounds_up(tiny, wri
     from opacus.accountants import RDPAccountant
 
     from defenses.dp_sgd import epsilon
-    from dfl.population import Population
+    from dfl.federation.population import Population
 
     sigma, delta = 1.3, 1e-4
     tiny["defenses"] = [{"name": "dp_sgd", "params": {"noise_multiplier": sigma, "max_grad_norm": 1.0, "delta": delta}}]

@@ -1,4 +1,4 @@
-"""dfl.flower: centralized FedAvg through Flower's simulation engine, and NumPyClientLearner.
+"""dfl.engines.flower: centralized FedAvg through Flower's simulation engine, and NumPyClientLearner.
 
 The two Flower runs (each starts a local Ray) are shared by the tests through one module fixture.
 """
@@ -23,22 +23,14 @@ from conftest import TINY  # noqa: E402
 from flwr.client import NumPyClient  # noqa: E402
 
 from dfl.config import ExperimentConfig  # noqa: E402
+from dfl.engines.flower import centralized_errors, check_resume, fedavg, require_flwr, run_centralized
 from dfl.engines.serial import SerialEngine  # noqa: E402
 from dfl.errors import ConfigError, RunError  # noqa: E402
 from dfl.experiment import parse_config  # noqa: E402
-from dfl.federation import Federation  # noqa: E402
-from dfl.flower import (  # noqa: E402
-    NumPyClientLearner,
-    NumPyClientPopulation,
-    centralized_errors,
-    check_resume,
-    fedavg,
-    flatten_arrays,
-    require_flwr,
-    run_centralized,
-)
-from dfl.participant import Participant  # noqa: E402
-from dfl.population import Population  # noqa: E402
+from dfl.federation.flower_client import NumPyClientLearner, NumPyClientPopulation, flatten_arrays
+from dfl.federation.participant import Participant  # noqa: E402
+from dfl.federation.population import Population  # noqa: E402
+from dfl.federation.rounds import Federation  # noqa: E402
 
 SIZES = [60, 100, 140]  # unequal shares (train + holdout), so sample weighting matters
 

@@ -12,8 +12,8 @@ import torchvision.transforms.v2.functional as TF
 from defenses.defensive_augmentation import OPS, PRESETS, DefensiveAugmentationParams, apply, resolve_policy
 from dfl.cli import main
 from dfl.experiment import parse_config
+from dfl.federation.population import Population
 from dfl.plugins import load_plugins
-from dfl.population import Population
 
 load_plugins()
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

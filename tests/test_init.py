@@ -10,7 +10,7 @@ import torch
 from dfl import api
 from dfl.cli import main
 from dfl.experiment import parse_config
-from dfl.population import Population
+from dfl.federation.population import Population
 from dfl.rundir import RunDir
 
 

@@ -17,20 +17,11 @@ from skimage.metrics import structural_similarity
 from attacks.dlg import dlg, uniform_init_
 from attacks.idlg import idlg, infer_labels
 from attacks.inverting_gradients import inverting_gradients, pixel_box
+from dfl.adversary.gradients import Reconstruction, gradient_of, pseudo_gradient
 from dfl.config import Spec
-from dfl.inversion import (
-    Reconstruction,
-    gradient_of,
-    match,
-    mse,
-    pseudo_gradient,
-    psnr,
-    ssim,
-    ssim_window,
-    to_pixels,
-)
+from dfl.federation.participant import flatten_into_views
+from dfl.metrics.images import match, mse, psnr, ssim, ssim_window, to_pixels
 from dfl.models import build_model
-from dfl.participant import flatten_into_views
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CIFAR_ARCHIVE = DATA_ROOT / "cifar10-jpeg.tar.gz"

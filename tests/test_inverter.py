@@ -7,13 +7,13 @@ import copy
 import torch
 
 from dfl import api
+from dfl.adversary.gradients import gradient_of, pseudo_gradient
+from dfl.adversary.inversion import Inverter
 from dfl.cli import main
 from dfl.experiment import parse_config
-from dfl.inversion import gradient_of, pseudo_gradient
-from dfl.inverter import Inverter
-from dfl.participant import local_batches
+from dfl.federation.participant import local_batches
+from dfl.federation.population import Population
 from dfl.plugins import load_plugins
-from dfl.population import Population
 from dfl.rundir import RunDir
 
 load_plugins()

@@ -12,9 +12,9 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from defenses.memguard import MemGuard, classifier_logit, phase_two, sorted_scores
+from dfl.defense import DefenseContext, defended_query
 from dfl.errors import ConfigError
 from dfl.plugins import load_plugins
-from dfl.query import DefenseContext, defended_query
 from dfl.registries import DEFENSES
 
 load_plugins()

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from dfl.config import TrainingConfig
-from dfl.participant import Participant, Split, flatten_into_views
+from dfl.federation.participant import Participant, Split, flatten_into_views
 
 
 def _bn_model() -> nn.Module:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from dfl.privacy import best_threshold, decision_metrics, mia_metrics, per_class_thresholds
+from dfl.metrics.membership import best_threshold, decision_metrics, mia_metrics, per_class_thresholds
 
 
 def test_random_scores_give_auc_one_half():

@@ -16,7 +16,7 @@ from dfl import api
 from dfl.engines.ray import place, require_ray
 from dfl.errors import ParticipantError
 from dfl.experiment import parse_config
-from dfl.population import Population
+from dfl.federation.population import Population
 from dfl.rundir import RunDir
 
 pytest.importorskip("ray")
@@ -143,7 +143,7 @@ class FailingPopulation(Population):
 @pytest.mark.parametrize("engine", ["serial", "ray"])
 def test_participant_error_names_node_and_round(local_ray, tiny, engine):
     from dfl.engines import engine_class
-    from dfl.federation import Federation
+    from dfl.federation.rounds import Federation
 
     tiny["engine"] = {"name": engine}
     cfg = parse_config(tiny)

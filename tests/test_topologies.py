@@ -358,7 +358,7 @@ def test_check_topology_checks_resampled_epochs() -> None:
 
 
 def test_neighbours_until_is_the_union_over_the_epochs_so_far_in_any_call_order() -> None:
-    from dfl.population import Population
+    from dfl.federation.population import Population
 
     cfg = config("erdos_renyi", 12, {"p": 0.25}, resample_every=3, rounds=30, seed=4)
     pop = Population(cfg, None, None, None, None)  # type: ignore[arg-type]  # only the topology is read

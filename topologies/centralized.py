@@ -2,7 +2,7 @@
 
 A run with ``topology.name: centralized`` does not go through dfl-sim's gossip round loop: it runs
 through Flower's simulation engine (``flwr.simulation.run_simulation`` on its Ray backend, see
-:mod:`dfl.flower`). Every round each client trains locally from the global model and a server
+:mod:`dfl.engines.flower`). Every round each client trains locally from the global model and a server
 replaces the global model by the sample-weighted average of the clients' models (FedAvg:
 ``x <- sum_i n_i x_i / sum_i n_i``, McMahan et al., "Communication-efficient learning of deep
 networks from decentralized data", 2017); every client then holds the same model. The graph
@@ -39,9 +39,10 @@ def build(n: int, params: CentralizedParams, rng: np.random.Generator) -> nx.Gra
 
 
 def config_errors(cfg: object) -> list[tuple[str, str]]:
-    """What a centralized config asks for that a Flower run cannot do (:func:`dfl.flower.centralized_errors`),
+    """What a centralized config asks for that a Flower run cannot do (:func:`dfl.engines.flower.centralized_errors`),
     as ``(dotted.path, message)``; the config loader asks every topology for these."""
-    from dfl.flower import centralized_errors  # here, not at the top: dfl.flower is only needed by centralized runs
+    # here, not at the top: dfl.engines.flower is only needed by centralized runs
+    from dfl.engines.flower import centralized_errors
 
     return centralized_errors(cfg)  # type: ignore[arg-type]
 

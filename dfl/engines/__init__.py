@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dfl.engines.base import Engine
 from dfl.engines.serial import SerialEngine
+from dfl.federation.engine import Engine
 
 
 def engine_class(name: str) -> type[Engine]:

@@ -24,10 +24,10 @@ import networkx as nx
 import numpy as np
 import torch
 
-from dfl.engines.base import Engine, default_threads, guarded
 from dfl.errors import ConfigError, EngineFault, ParticipantError, Terminated
+from dfl.federation.engine import Engine, default_threads, guarded
+from dfl.federation.population import Population
 from dfl.mixing import gossip
-from dfl.population import Population
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:

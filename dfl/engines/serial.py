@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfl.engines.base import Engine, guarded
+from dfl.federation.engine import Engine, guarded
+from dfl.federation.participant import Participant
+from dfl.federation.population import Population
 from dfl.mixing import gossip
-from dfl.participant import Participant
-from dfl.population import Population
 
 
 class SerialEngine(Engine):

@@ -5,7 +5,7 @@ gives every attacker an :class:`attacks.base.AdversaryView` (its own data, the a
 states its neighbours sent it, their query APIs) and runs the attacks scheduled for round r against
 its targets. Only here is the truth known: members are a seeded sample of the victim's train split,
 non-members as many samples that nobody trained on (the holdout splits of every node but the
-attacker, then the test set). Scores become metrics (:func:`dfl.privacy.mia_metrics`) next to the
+attacker, then the test set). Scores become metrics (:func:`dfl.metrics.membership.mia_metrics`) next to the
 victim's accuracy on the same members and non-members and its generalisation gap.
 """
 
@@ -19,26 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from dfl.adversary.targets import round_targets, scheduled
+from dfl.attack import AdversaryView, Labelled, MembershipAttack, probabilities
 from dfl.config import AttackSpec, ExperimentConfig
-from dfl.participant import flatten_into_views, load_flat
-from dfl.population import Population
-from dfl.privacy import mia_metrics
-from dfl.query import defended_query
+from dfl.defense import defended_query
+from dfl.federation.participant import flatten_into_views, load_flat
+from dfl.federation.population import Population
+from dfl.metrics.membership import mia_metrics
 from dfl.registries import ATTACKS
 from dfl.seeding import QUERY, torch_generator
-from dfl.threat import AdversaryView, Labelled, MembershipAttack, probabilities
 
 Record = dict[str, Any]
 ROC_POINTS = np.r_[0.0, np.logspace(-3, 0, 40)]  # FPR grid the ROC curve is stored on
-
-
-def scheduled(spec: AttackSpec, round_no: int, rounds: int) -> bool:
-    """Whether ``spec`` runs in 1-based round ``round_no``: its ``rounds``, every ``every``, else the last."""
-    if spec.rounds is not None:
-        return round_no in spec.rounds
-    if spec.every is not None:
-        return round_no % spec.every == 0 or round_no == rounds
-    return round_no == rounds
 
 
 def _query_api(victim_model: Any, j: int, chain: list[Any], g: torch.Generator) -> Any:
@@ -60,7 +52,7 @@ class Adversary:
         self.attacks: list[tuple[AttackSpec, MembershipAttack]] = []
         for i, spec in enumerate(cfg.attacks):
             entry = ATTACKS.get(spec.name, f"attacks.{i}.name")
-            if getattr(entry.obj, "kind", "") == "inversion":  # run by dfl.inverter
+            if getattr(entry.obj, "kind", "") == "inversion":  # run by dfl.adversary.inversion
                 continue
             self.attacks.append((spec, entry.obj(entry.parse_params(spec.params, f"attacks.{i}.params"))))
         splits = population.splits
@@ -106,10 +98,7 @@ class Adversary:
         for a in self.attackers:
             view = self._view(a, r, graph, shared, victim_model, queried)
             for spec, attack in todo:
-                targets = sorted(graph.neighbors(a)) if spec.targets == "neighbours" else list(spec.targets)
-                if spec.access == "params":  # only what reached it: a link down this round, or a resampled graph
-                    targets = [v for v in targets if graph.has_edge(a, v)]
-                targets = [v for v in targets if v not in self.attackers]
+                targets = round_targets(spec, a, graph, self.attackers)
                 if not targets:
                     continue
                 attack.prepare(view)

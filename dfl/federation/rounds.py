@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from dfl.config import ExperimentConfig
-from dfl.engines.base import Engine
+from dfl.federation.engine import Engine
+from dfl.federation.participant import shared_tensors
+from dfl.federation.population import Population
 from dfl.mixing import consensus_distance
-from dfl.participant import shared_tensors
-from dfl.population import Population
 from dfl.topology import build_graph, build_mixing
 
 Record = dict[str, Any]

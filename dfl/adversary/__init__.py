@@ -1,0 +1,34 @@
+"""The adversary: what attackers do with what they see, and how it is scored.
+
+``membership`` runs membership-inference attacks (``kind: mia`` records), ``inversion`` gradient
+inversion (``kind: inversion``), ``targets`` holds the attack schedule and the one rule for targets,
+``gradients`` the pieces inversion attacks share, ``reference`` the recognisability classifier.
+:func:`observers` builds what a config asks for; the round loop hands them every round's shared states.
+The ground truth stays here, with the scorers: attacks (``attacks/``) see only an ``AdversaryView``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dfl.config import ExperimentConfig
+from dfl.deprecation import moved
+
+
+def observers(cfg: ExperimentConfig, population: Any, plots: Path | None) -> list[Any]:
+    """The round observers ``cfg.attacks`` asks for: a membership ``Adversary`` if any attack is a
+    membership attack, an ``Inverter`` if any is an inversion (its image grids go to ``plots``)."""
+    # here, not at the top: validating a config imports dfl.adversary.targets, which needs no scorer
+    from dfl.adversary.inversion import Inverter, is_inversion
+    from dfl.adversary.membership import Adversary
+
+    found: list[Any] = []
+    if cfg.attacks and not all(is_inversion(a.name) for a in cfg.attacks):
+        found.append(Adversary(cfg, population))
+    if any(is_inversion(a.name) for a in cfg.attacks):
+        found.append(Inverter(cfg, population, plots))
+    return found
+
+
+__getattr__ = moved(__name__, "dfl.adversary.membership", "dfl.adversary.targets")

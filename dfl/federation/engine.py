@@ -1,0 +1,83 @@
+"""The engine interface: the few bulk operations ``Federation`` needs from wherever participants live."""
+
+from __future__ import annotations
+
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from dfl.errors import ParticipantError
+from dfl.federation.population import Population
+
+R = TypeVar("R")
+
+
+def guarded(what: str, node: int, round_idx: int | None, fn: Callable[[], R]) -> R:
+    """Run ``fn``; an exception becomes a ``ParticipantError`` naming the node, the round and where it came from."""
+    try:
+        return fn()
+    except ParticipantError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the node and round attached
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        when = f" in round {round_idx + 1}" if round_idx is not None else ""
+        raise ParticipantError(
+            f"participant {node} failed while {what}{when}: {type(exc).__name__}: {exc} "
+            f"(at {frame.filename}:{frame.lineno})"
+        ) from exc
+
+
+def default_threads(cfg_threads: int | None) -> int:
+    """Torch intra-op threads per worker: ``engine.threads`` or 1.
+
+    Part of the numerics, not only of the speed: CPU convolution kernels split their reductions by
+    thread count, so two engines give bit-identical metrics only with the same value.
+    """
+    return cfg_threads or 1
+
+
+class Engine(ABC):
+    """Hosts the participants of a population and runs bulk operations on them, node ids ``0..n-1``."""
+
+    def __init__(self, population: Population) -> None:
+        self.population = population
+        self.n = population.cfg.nodes
+        # The driver computes too (attacks, evaluation of shared states, metrics): with the workers' thread
+        # count on every engine, so its reductions match whichever engine hosts the participants.
+        self._driver_threads = torch.get_num_threads()
+        torch.set_num_threads(default_threads(population.cfg.engine.threads))
+
+    @abstractmethod
+    def train(self, round_idx: int) -> list[dict[str, float]]:
+        """Local training of every node; per-node stats in node order."""
+
+    @abstractmethod
+    def share(self) -> torch.Tensor:
+        """The states the nodes send their neighbours this round, ``(n_nodes, n_params)``."""
+
+    @abstractmethod
+    def mix(self, W: np.ndarray, shared: torch.Tensor) -> torch.Tensor:
+        """Each node i loads ``sum_j W_ij shared_j``; returns the new states ``(n_nodes, n_params)``."""
+
+    @abstractmethod
+    def evaluate(self, splits: list[str], round_idx: int | None = None) -> list[dict[str, float]]:
+        """Per node, ``{f"{split}_acc", f"{split}_loss"}`` for each split."""
+
+    @abstractmethod
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per-node checkpoint state."""
+
+    @abstractmethod
+    def restore(self, snaps: list[dict[str, Any]]) -> None: ...
+
+    def recover(self, fault: Exception) -> None:
+        """Replace the workers lost in ``fault``; the caller then restores every node from a checkpoint."""
+        raise fault
+
+    def close(self) -> None:
+        """Release processes or devices; subclasses call this last (it restores the driver's threads)."""
+        torch.set_num_threads(self._driver_threads)
