@@ -20,7 +20,8 @@ def _shipped_configs():
     """Every experiment file, and every cell of every defense table, as ``(label, path, overrides)``."""
     from dfl.tables import ROOT, TABLES
 
-    yield from ((p.name, p, []) for p in sorted((ROOT / "experiments").rglob("*.yaml")))
+    yield from ((p.name, p, []) for p in sorted((ROOT / "experiments").rglob("*.yaml"))
+                if not p.name.endswith(".table.yaml"))  # table definitions, not experiments
     for name, table in TABLES.items():
         for row, row_sets in table.rows:
             for phase, phase_sets in table.phases:

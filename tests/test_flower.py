@@ -46,7 +46,8 @@ def centralized_config(**changes: Any) -> ExperimentConfig:
 def serial_records(cfg: ExperimentConfig, population: Population | None = None) -> list[dict[str, Any]]:
     population = population or Population.from_config(cfg)
     fed = Federation(cfg, population, SerialEngine(population))
-    return [rec for _, records in fed.rounds() for rec in records]
+    assert fed.run() == "complete"
+    return fed.records
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from attacks.inverting_gradients import inverting_gradients, pixel_box
 from dfl.adversary.gradients import Reconstruction, gradient_of, pseudo_gradient
 from dfl.config import Spec
 from dfl.federation.participant import flatten_into_views
-from dfl.metrics.images import match, mse, psnr, ssim, ssim_window, to_pixels
+from dfl.metrics.images import mse, pair, psnr, ssim, ssim_window, to_pixels
 from dfl.models import build_model
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -145,15 +145,28 @@ def test_ssim_window_shrinks_for_small_images() -> None:
         ssim(a[:, :, :2], b[:, :, :2])
 
 
-def test_match_recovers_a_shuffled_batch() -> None:
+def test_pair_recovers_a_shuffled_batch() -> None:
     truth = torch.rand(6, 3, 8, 8, generator=gen(3))
     perm = torch.tensor([4, 0, 5, 2, 1, 3])
     recon = truth[perm] + 0.05 * torch.randn(truth.shape, generator=gen(4))
-    order = match(recon, truth)
-    assert np.array_equal(perm.numpy()[order], np.arange(6))
-    assert np.all(psnr(recon[order], truth) > 20)
-    assert np.array_equal(match(truth[perm], truth), np.argsort(perm.numpy()))  # exact copies (infinite PSNR)
-    assert np.array_equal(match(recon[:1], truth[:1]), [0])
+    order = pair(recon, truth)  # recon k <-> truth order[k]
+    assert np.array_equal(order, perm.numpy())
+    assert np.all(psnr(recon, truth[order]) > 20)
+    assert np.array_equal(pair(truth[perm], truth), perm.numpy())  # exact copies
+    assert np.array_equal(pair(recon[:2], truth), perm.numpy()[:2])  # more originals than reconstructions
+    with pytest.raises(ValueError, match="at least as many originals"):
+        pair(recon, truth[:3])
+
+
+def test_pair_is_the_brute_force_minimum_of_total_mse() -> None:
+    """The Hungarian pairing against the slow obvious search over every assignment."""
+    import itertools
+
+    truth = torch.rand(5, 1, 4, 4, generator=gen(5))
+    recon = torch.rand(3, 1, 4, 4, generator=gen(6))
+    err = [[float(mse(recon[k : k + 1], truth[j : j + 1])[0]) for j in range(5)] for k in range(3)]
+    best = min(itertools.permutations(range(5), 3), key=lambda js: sum(err[k][j] for k, j in enumerate(js)))
+    assert list(pair(recon, truth)) == list(best)
 
 
 # ---------------------------------------------------------------------------------- iDLG labels

@@ -1,18 +1,26 @@
-"""Engines place participants and run a method on many of them; the round logic is in ``Federation``."""
+"""Engines place participants and run a method on many of them; the round logic is in ``Federation``.
+
+``serial`` (every participant in this process, the reference), ``ray`` (participants on Ray actors),
+``flower`` (``topology: centralized``: FedAvg on Flower's simulation engine). They know no attack.
+"""
 
 from __future__ import annotations
 
+from dfl.config import ExperimentConfig
+from dfl.engines.flower import FlowerEngine
+from dfl.engines.ray import RayEngine
 from dfl.engines.serial import SerialEngine
 from dfl.federation.engine import Engine
 
 
 def engine_class(name: str) -> type[Engine]:
-    """The engine class for ``engine.name`` (Ray is imported only when asked for)."""
-    if name == "ray":
-        from dfl.engines.ray import RayEngine
-
-        return RayEngine
-    return SerialEngine
+    """The engine class for ``engine.name``."""
+    return RayEngine if name == "ray" else SerialEngine
 
 
-__all__ = ["Engine", "SerialEngine", "engine_class"]
+def engine_for(cfg: ExperimentConfig) -> type[Engine]:
+    """The engine a config runs on: Flower's for ``topology: centralized``, else ``engine.name``'s."""
+    return FlowerEngine if cfg.topology.name == "centralized" else engine_class(cfg.engine.name)
+
+
+__all__ = ["Engine", "FlowerEngine", "RayEngine", "SerialEngine", "engine_class", "engine_for"]

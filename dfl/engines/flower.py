@@ -1,4 +1,4 @@
-"""Flower (``flwr``) in dfl-sim: centralized FedAvg through Flower's simulation engine, and Flower clients as learners.
+"""Flower (``flwr``) in dfl-sim: centralized FedAvg through Flower's simulation engine.
 
 ``topology.name: centralized`` runs the experiment as classic server-based federated learning on
 Flower's own simulation engine (``flwr.simulation.run_simulation``, Ray backend) instead of dfl-sim's
@@ -12,20 +12,20 @@ gossip round loop, as a baseline:
                      n_i = the client's train samples;
                      every ``eval.every`` rounds (and the last) every client's data is scored with x.
 
-The records are those of :mod:`dfl.federation` (``train`` per node, ``eval`` per node, one ``round``),
-and equal those of a ``fully_connected`` topology with the ``sample_weighted`` aggregator on the same
+:class:`FlowerEngine` is the round loop's engine for these runs: the rounds go through
+:meth:`Federation.run <dfl.federation.rounds.Federation.run>` like every run's, and its records (``train``
+per node, ``eval`` per node, one ``round``) equal those of a ``fully_connected`` topology with the ``sample_weighted`` aggregator on the same
 config: the server's average is accumulated in node order with :func:`dfl.mixing.gossip_row`, whatever
 order Flower delivers the replies in, so two runs of the same config and seed give identical records.
 A client's optimizer state (momentum) stays local across rounds: it travels in Flower's node
-``Context.state``, as a Flower app keeps per-client state. Evaluation runs on the driver (the ServerApp
-thread), with participants built there and the global model loaded into each.
+``Context.state``, as a Flower app keeps per-client state. Evaluation runs on the driver, with
+participants built there and the global model loaded into each, while Flower waits.
 
 Not modelled in centralized runs: client sampling (every client trains every round), link failures,
 attackers observing the traffic, checkpoints and ``--resume``. ``aggregator`` and ``engine`` are
 ignored (the server always averages weighted by sample counts; clients run on Flower's Ray actors).
 
-:class:`NumPyClientLearner` goes the other way: it lets an existing ``flwr.client.NumPyClient`` act
-as a dfl-sim participant, so a Flower user's training code runs unchanged under any topology.
+The other direction, a Flower ``NumPyClient`` as a dfl-sim participant, is :mod:`dfl.federation.flower_client`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import io
 import json
 import logging
 import os
+import queue
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,10 +49,13 @@ import numpy as np
 import torch
 
 from dfl.config import ExperimentConfig, default_data_root
+from dfl.engines.ray import require_ray
 from dfl.errors import ConfigError, RunError
 from dfl.experiment import parse_config
+from dfl.federation.engine import Engine
 from dfl.federation.participant import Participant, flatten_into_views
 from dfl.federation.population import Population
+from dfl.federation.rounds import Federation
 from dfl.mixing import gossip_row
 
 if TYPE_CHECKING:
@@ -132,6 +137,133 @@ def fedavg(states: torch.Tensor, sample_counts: Sequence[int] | np.ndarray) -> t
 # ------------------------------------------------------------------------------------ centralized run
 
 
+class FlowerEngine(Engine):
+    """``topology: centralized``: the round loop's engine whose rounds run on Flower's simulation engine.
+
+    :meth:`Federation.run <dfl.federation.rounds.Federation.run>` drives the rounds as for every engine;
+    Flower runs in a thread of its own (``flwr.simulation.run_simulation``, which blocks until the last
+    round). After each round its ``ServerApp`` hands the round to this engine and waits: ``train`` returns
+    the clients' stats, ``share`` and ``mix`` the server's average for every node (each client holds the
+    global model, so the consensus distance is 0), ``evaluate`` scores it on every node's data in the
+    driver. The next ``train`` lets Flower go on. ``close`` stops a simulation that has not finished (an
+    interrupt, an error) by failing its next round. No checkpoints: a centralized run cannot be resumed.
+
+    Ray gets ``num_cpus`` (default: the CPUs this process may use) and each client ``cpus_per_client``
+    of them, so ``num_cpus // cpus_per_client`` clients train at once; each client uses
+    ``engine.threads`` (default 1) torch threads, as dfl-sim's engines do.
+    """
+
+    checkpoints = False
+
+    def __init__(self, population: Population, *, num_cpus: int | None = None, cpus_per_client: float = 1.0) -> None:
+        cfg = population.cfg
+        require_flwr()
+        errors = centralized_errors(cfg)
+        if errors:
+            raise ConfigError(errors)
+        super().__init__(population)
+        self.cfg = cfg
+        self.threads = cfg.engine.threads or 1
+        self.num_cpus, self.cpus_per_client = num_cpus, cpus_per_client
+        self.state = flatten_into_views(copy.deepcopy(population.template())).detach().cpu().clone()
+        self._evaluator = _DriverEvaluation(population, self.threads)
+        self._rounds: queue.Queue[tuple[Any, ...]] = queue.Queue()  # Flower -> driver: each round, then the end
+        self._go: queue.Queue[bool] = queue.Queue()  # driver -> Flower: next round (True) or stop (False)
+        self._thread: threading.Thread | None = None
+
+    def train(self, round_idx: int) -> list[dict[str, float]]:
+        if self._thread is None:
+            if round_idx:
+                check_resume(self.cfg)
+            self._thread = threading.Thread(target=self._simulate, name="flower-simulation", daemon=True)
+            self._thread.start()
+        else:
+            self._go.put(True)
+        kind, payload = self._rounds.get()
+        if kind == "error":
+            raise payload
+        if kind == "end":
+            raise RuntimeError(f"the Flower simulation stopped after round {round_idx} of {self.cfg.rounds}")
+        stats, self.state = payload
+        return stats
+
+    def share(self) -> torch.Tensor:
+        return self.state.expand(self.n, -1)
+
+    def mix(self, W: np.ndarray, shared: torch.Tensor) -> torch.Tensor:
+        return shared  # the server has averaged: every client holds the global model
+
+    def evaluate(self, splits: list[str], round_idx: int | None = None) -> list[dict[str, float]]:
+        return self._evaluator.evaluate(self.state, splits)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        raise RunError("centralized (Flower) runs keep no checkpoints")
+
+    def restore(self, snaps: list[dict[str, Any]]) -> None:
+        check_resume(self.cfg)
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._go.put(False)
+            self._thread.join(timeout=CLOSE_TIMEOUT_S)
+        super().close()
+
+    def _simulate(self) -> None:
+        """The Flower side, in its own thread: the whole simulation, handing over each round."""
+        try:
+            rounds_done = self._run_simulation()
+            if rounds_done < self.cfg.rounds:
+                raise RuntimeError(f"the Flower simulation stopped after {rounds_done} of {self.cfg.rounds} rounds")
+            self._rounds.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 -- handed to the driver, which raises it
+            self._rounds.put(("error", exc))
+
+    def _run_simulation(self) -> int:
+        from flwr.app import Array, ArrayRecord, ConfigRecord
+        from flwr.serverapp import ServerApp
+        from flwr.simulation import run_simulation
+
+        cfg = self.cfg
+        with _quiet_flwr():
+            strategy = _ordered_fedavg(cfg.nodes)
+
+        def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if server_round == 0:  # Flower also calls this on the initial model
+                return None
+            state = torch.from_numpy(arrays[_STATE].numpy())
+            self._rounds.put(("round", (strategy.round_stats, state)))
+            if server_round < cfg.rounds and not self._go.get():
+                raise RunError(f"the run stopped after round {server_round}")
+            return None
+
+        server = ServerApp()
+
+        @server.main()
+        def main(grid: Grid, context: Context) -> None:
+            strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord({_STATE: Array(self.state.numpy())}),
+                num_rounds=cfg.rounds,
+                train_config=ConfigRecord({_CONFIG_KEY: _client_config(cfg), _THREADS_KEY: self.threads}),
+                evaluate_fn=after_round,
+            )
+
+        require_ray(local=True)  # Flower starts its own Ray: keep it on the loopback address
+        cpus = self.num_cpus or available_cpus()
+        backend_config = {
+            "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
+                          "logging_level": logging.ERROR, "log_to_driver": False},
+            "client_resources": {"num_cpus": self.cpus_per_client, "num_gpus": 0.0},
+        }
+        with _quiet_flwr():
+            run_simulation(server_app=server, client_app=_client_app(), num_supernodes=cfg.nodes,
+                           backend_name="ray", backend_config=backend_config)  # type: ignore[arg-type]
+        return len(strategy.rounds_done)
+
+
+CLOSE_TIMEOUT_S = 120  # how long close() waits for a stopped simulation to wind down
+
+
 def run_centralized(
     cfg: ExperimentConfig,
     population: Population,
@@ -143,91 +275,27 @@ def run_centralized(
     cpus_per_client: float = 1.0,
     on_round: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Run ``cfg.rounds`` rounds of FedAvg on Flower's simulation engine; returns the final global state.
+    """Run ``cfg.rounds`` rounds of FedAvg on Flower through the one round loop; returns the final global state.
 
-    ``num_supernodes = cfg.nodes``; client ``i`` is Flower's partition ``i``. After each round the
-    round's records go to ``append_records`` (``train`` per node, then ``eval`` per node in eval rounds,
-    then the ``round`` summary), then ``progress_cb(done, cfg.rounds, round_record)`` and
-    ``on_round(round_idx, global_state)`` are called. Ray gets ``num_cpus`` (default: the CPUs this
-    process may use) and each client ``cpus_per_client`` of them, so ``num_cpus // cpus_per_client``
-    clients train at once; each client uses ``engine.threads`` (default 1) torch threads, as dfl-sim's
-    engines do. ``start_round > 0`` (resume) raises ``RunError``.
+    The records of each round go to ``append_records``, then ``progress_cb(done, cfg.rounds,
+    round_record)`` and ``on_round(round_idx, global_state)`` are called. ``start_round > 0`` (resume)
+    raises ``RunError``. See :class:`FlowerEngine` for ``num_cpus`` and ``cpus_per_client``.
     """
-    require_flwr()
-    errors = centralized_errors(cfg)
-    if errors:
-        raise ConfigError(errors)
     if start_round:
-        raise RunError("centralized (Flower) runs keep no checkpoints and cannot be resumed; start the run again")
-    from flwr.app import Array, ArrayRecord, ConfigRecord
-    from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
+        check_resume(cfg)
+    engine = FlowerEngine(population, num_cpus=num_cpus, cpus_per_client=cpus_per_client)
 
-    from dfl.topology import build_graph
-
-    threads = cfg.engine.threads or 1
-    initial = flatten_into_views(copy.deepcopy(population.template())).detach().cpu().clone()
-    with _quiet_flwr():
-        strategy = _ordered_fedavg(cfg.nodes)
-    evaluator = _DriverEvaluation(population, threads)
-    final: dict[str, torch.Tensor] = {"state": initial}
-
-    def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:  # Flower also calls this on the initial model
-            return None
-        round_idx, r = server_round - 1, server_round
-        state = torch.from_numpy(arrays[_STATE].numpy())
-        stats = strategy.round_stats
-        records: list[Record] = [{"round": r, "node": i, "kind": "train", **s} for i, s in enumerate(stats)]
-        summary: Record = {
-            "round": r,
-            "node": None,
-            "kind": "round",
-            "edges": build_graph(cfg, round_idx).number_of_edges(),
-            "train_loss": float(np.mean([s["loss"] for s in stats])),
-            "consensus_distance": 0.0,  # every client holds the global model
-        }
-        if r % cfg.eval.every == 0 or r == cfg.rounds:
-            evals = evaluator.evaluate(state, list(cfg.eval.splits))
-            records += [{"round": r, "node": i, "kind": "eval", **e} for i, e in enumerate(evals)]
-            for key in evals[0]:
-                summary[f"mean_{key}"] = float(np.mean([e[key] for e in evals]))
-        records.append(summary)
-        append_records(records)
-        final["state"] = state
+    def progress(done: int, total: int, summary: Record) -> None:
         if progress_cb is not None:
-            progress_cb(r, cfg.rounds, summary)
+            progress_cb(done, total, summary)
         if on_round is not None:
-            on_round(round_idx, state)
-        return None
+            on_round(done - 1, engine.state)
 
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord({_STATE: Array(initial.numpy())}),
-            num_rounds=cfg.rounds,
-            train_config=ConfigRecord({_CONFIG_KEY: _client_config(cfg), _THREADS_KEY: threads}),
-            evaluate_fn=after_round,
-        )
-
-    from dfl.engines.ray import require_ray
-
-    require_ray(local=True)  # Flower starts its own Ray: keep it on the loopback address
-    cpus = num_cpus or available_cpus()
-    backend_config = {
-        "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
-                      "logging_level": logging.ERROR, "log_to_driver": False},
-        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-    }
-    with _quiet_flwr():
-        run_simulation(server_app=server, client_app=_client_app(), num_supernodes=cfg.nodes,
-                       backend_name="ray", backend_config=backend_config)  # type: ignore[arg-type]
-    if len(strategy.rounds_done) != cfg.rounds:
-        raise RuntimeError(f"the Flower simulation stopped after {len(strategy.rounds_done)} of {cfg.rounds} rounds")
-    return final["state"]
+    try:
+        Federation(cfg, population, engine, progress=progress, sink=append_records).run()
+    finally:
+        engine.close()
+    return engine.state
 
 
 def available_cpus() -> int:

@@ -1,11 +1,11 @@
-"""The engine interface: the few bulk operations ``Federation`` needs from wherever participants live."""
+"""The engine contract: the few bulk operations ``Federation`` needs from wherever participants live."""
 
 from __future__ import annotations
 
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -41,7 +41,12 @@ def default_threads(cfg_threads: int | None) -> int:
 
 
 class Engine(ABC):
-    """Hosts the participants of a population and runs bulk operations on them, node ids ``0..n-1``."""
+    """Hosts the participants of a population and runs bulk operations on them, node ids ``0..n-1``.
+
+    ``checkpoints``: whether ``snapshot``/``restore`` work (the round loop checkpoints only then).
+    """
+
+    checkpoints: ClassVar[bool] = True
 
     def __init__(self, population: Population) -> None:
         self.population = population

@@ -3,11 +3,19 @@
 Round r (0-based inside, reported 1-based): every node trains locally -> shares its state with its
 neighbours in the round-r graph -> observers (attackers) see what was shared -> every node aggregates
 ``x_i <- sum_j W_ij x_j`` with the configured mixing rule -> evaluation every ``eval.every`` rounds.
+
+:meth:`Federation.run` is the only loop over rounds: ``dfl.api.run`` and ``resume``, the Flower
+baseline (``dfl.engines.flower``) and the tests all go through it. Around each round it writes the
+records (to the run directory, or to ``Federation.records``), saves checkpoints, recovers from engine
+faults by rolling back to the last checkpoint, reports progress and stops early when asked to.
+:meth:`Federation.run_round` is the one record builder: ``train`` per node, what the observers add,
+``eval`` per node in evaluation rounds, then the ``round`` summary (see :mod:`dfl.records`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import networkx as nx
@@ -15,13 +23,16 @@ import numpy as np
 import torch
 
 from dfl.config import ExperimentConfig
+from dfl.errors import EngineFault
 from dfl.federation.engine import Engine
 from dfl.federation.participant import shared_tensors
 from dfl.federation.population import Population
 from dfl.mixing import consensus_distance
+from dfl.rundir import RunDir
 from dfl.topology import build_graph, build_mixing
 
 Record = dict[str, Any]
+ProgressFn = Callable[[int, int, Record], None]
 
 
 class Observer(Protocol):
@@ -36,7 +47,13 @@ class Observer(Protocol):
 
 
 class Federation:
-    """Runs rounds on an engine and turns what happens into metric records."""
+    """Runs rounds on an engine and turns what happens into metric records.
+
+    ``rundir``: where records and checkpoints go (``None``: nothing is checkpointed, so an engine fault
+    is not recovered from); ``sink(records)`` receives each round's records (default: the run
+    directory's ``metrics.jsonl``, else the list ``self.records``); ``progress(done, total,
+    round_record)`` after every round.
+    """
 
     def __init__(
         self,
@@ -45,11 +62,20 @@ class Federation:
         engine: Engine,
         observers: list[Observer] | None = None,
         starts: torch.Tensor | None = None,
+        *,
+        rundir: RunDir | None = None,
+        progress: ProgressFn | None = None,
+        sink: Callable[[list[Record]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.population = population
         self.engine = engine
         self.observers = observers or []
+        self.rundir = rundir
+        self.progress = progress
+        self.records: list[Record] = []  # what run() wrote, when there is neither a sink nor a run directory
+        self.sink = sink or (rundir.append if rundir is not None else self.records.extend)
+        self.timings: dict[str, float] = {}
         self._counts = population.sample_counts()
         self.starts = starts  # the nodes' states at the start of the next round (None: the initial model)
 
@@ -95,7 +121,77 @@ class Federation:
         records.append(summary)
         return records
 
-    def rounds(self, start: int = 0) -> Iterator[tuple[int, list[Record]]]:
-        """Yield ``(round_idx, records)`` for rounds ``start .. rounds-1``."""
-        for round_idx in range(start, self.cfg.rounds):
-            yield round_idx, self.run_round(round_idx)
+    def run(self, start: int = 0, snaps: list[dict[str, Any]] | None = None, *, stop_after: int | None = None,
+            t0: float | None = None) -> str:
+        """Rounds ``start .. cfg.rounds - 1``; returns ``"complete"``, or ``"interrupted"`` after round
+        ``stop_after`` (as if stopped there; the last checkpoint is the one a resume continues from).
+
+        ``snaps``: the participants' checkpoint to continue from (a resume); otherwise round 0's state
+        is checkpointed first, so a fault in round 1 rolls back to it. An ``EngineFault`` (a worker lost)
+        replaces the workers, rolls every node back to the last checkpoint, drops the records written
+        after it and logs one ``kind: fault`` record; after ``engine.ray.max_failures`` faults, or with no
+        checkpoint to return to, it is raised with the command that resumes the run. ``t0`` (a
+        ``perf_counter`` value) dates ``timings["to_first_round_s"]``.
+        """
+        t0 = time.perf_counter() if t0 is None else t0
+        cfg, engine, rundir = self.cfg, self.engine, self.rundir
+        checkpoints = rundir is not None and engine.checkpoints and cfg.output.checkpoint_every > 0
+        if snaps is not None:
+            engine.restore(snaps)
+            self.starts = _states(snaps)
+        elif checkpoints:
+            rundir.save_checkpoint(0, engine.snapshot())  # type: ignore[union-attr]
+        failures = 0
+        round_idx = start
+        while round_idx < cfg.rounds:
+            try:
+                records = self.run_round(round_idx)
+            except EngineFault as fault:
+                failures += 1
+                round_idx = self._recover(fault, failures, round_idx, checkpoints)
+                continue
+            self.sink(records)
+            done = round_idx + 1
+            k = cfg.output.checkpoint_every
+            if checkpoints and (done % k == 0 or done == cfg.rounds):
+                rundir.save_checkpoint(done, engine.snapshot())  # type: ignore[union-attr]
+            if round_idx == start:
+                self.timings["to_first_round_s"] = time.perf_counter() - t0
+            if self.progress:
+                self.progress(done, cfg.rounds, records[-1])
+            if stop_after is not None and stop_after <= done < cfg.rounds:
+                return "interrupted"
+            round_idx = done
+        return "complete"
+
+    def _recover(self, fault: EngineFault, failures: int, round_idx: int, checkpoints: bool) -> int:
+        """Replace the lost workers, roll every node back to the last checkpoint and log the fault.
+
+        Returns the round to continue from. Records written after the checkpoint are dropped, so the run
+        finishes with the metrics of an undisturbed run plus one ``kind: fault`` record.
+        """
+        cfg, rundir = self.cfg, self.rundir
+        if not checkpoints or rundir is None:
+            raise EngineFault(f"{fault}; with output.checkpoint_every 0 there is no checkpoint to recover from: "
+                              "start the run again") from None
+        if failures > cfg.engine.ray.max_failures:
+            raise EngineFault(f"{fault}; that is {failures} faults, more than engine.ray.max_failures="
+                              f"{cfg.engine.ray.max_failures}. The last checkpoint is intact: resume with "
+                              f"`{rundir.resume_hint()}`") from None
+        try:
+            self.engine.recover(fault)
+            ckpt = rundir.load_checkpoint()
+            self.engine.restore(ckpt["participants"])
+        except EngineFault as lost:
+            raise EngineFault(f"{lost}. The last checkpoint is intact: resume with `{rundir.resume_hint()}` once "
+                              "the cluster has room") from None
+        rundir.truncate_metrics(ckpt["metrics_bytes"])
+        rundir.append([{"round": round_idx + 1, "node": None, "kind": "fault", "nodes": list(fault.nodes),
+                        "error": str(fault), "resumed_from_round": ckpt["round"]}])
+        self.starts = _states(ckpt["participants"])
+        return int(ckpt["round"])
+
+
+def _states(snaps: list[dict[str, Any]] | None) -> torch.Tensor | None:
+    """The nodes' states ``(n_nodes, n_params)`` in participant snapshots (None for none)."""
+    return torch.stack([s["state"] for s in snaps]) if snaps is not None else None

@@ -1,0 +1,177 @@
+"""One run, from config to report: preflight, data and model, the engine, the observers, the outputs.
+
+:func:`run` and :func:`resume` build what a config asks for and hand the rounds to
+:meth:`Federation.run <dfl.federation.rounds.Federation.run>`, the one round loop; :func:`validate`
+checks everything a run needs without training. :mod:`dfl.api` re-exports these for notebooks and the
+CLI, beside the studies (``compare``, ``run_all``).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfl.adversary import observers
+from dfl.config import ExperimentConfig
+from dfl.data import locate_dataset
+from dfl.engines import engine_for
+from dfl.engines.flower import check_resume
+from dfl.engines.ray import check_address
+from dfl.errors import DataError, RunError
+from dfl.experiment import load_config, parse_config
+from dfl.federation.population import Population
+from dfl.federation.rounds import Federation
+from dfl.report import write_outputs
+from dfl.rundir import RunDir, check_out_dir
+from dfl.topology import build_graph
+
+
+@dataclass
+class RunResult:
+    """A run's directory, its ``STATUS`` (``complete`` or ``interrupted``), its summary and timings."""
+
+    run_dir: Path
+    status: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _config(config: ExperimentConfig | str | Path, overrides: Sequence[str]) -> ExperimentConfig:
+    if isinstance(config, ExperimentConfig):
+        if overrides:
+            return parse_config(config.model_dump(mode="json"), list(overrides))
+        return config
+    return load_config(config, list(overrides))
+
+
+ProgressFn = Callable[[int, int, dict[str, Any]], None]
+
+
+PopulationFactory = Callable[[ExperimentConfig], Any]
+
+
+def prepare(cfg: ExperimentConfig, population_factory: PopulationFactory | None = None) -> Any:
+    """Load data, make splits and build the initial model: every data/model error surfaces here.
+
+    ``population_factory(cfg) -> Population`` replaces ``Population.from_config``, e.g. to make every
+    node a user's Flower ``NumPyClient`` (``dfl.federation.flower_client.NumPyClientPopulation.wrap``).
+    """
+    try:
+        population = (population_factory or Population.from_config)(cfg)
+    except DataError as exc:
+        msg = str(exc)
+        raise DataError(msg if msg.startswith("data") else f"data.dataset ({cfg.data.dataset.name}): {msg}") from None
+    population.template()
+    return population
+
+
+def validate(config: ExperimentConfig | str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Schema, plugin params, cross-field checks and data availability; no training."""
+    cfg = _config(config, overrides)
+    try:
+        locate_dataset(cfg.data.dataset, Path(cfg.data.root).expanduser() if cfg.data.root else None)
+    except DataError as exc:
+        msg = str(exc)
+        raise DataError(msg if msg.startswith("data") else f"data.dataset ({cfg.data.dataset.name}): {msg}") from None
+    if cfg.init is not None:
+        RunDir.init_source(cfg.init)  # the model's size is checked against it when the model is built
+    preflight(cfg)
+    return cfg
+
+
+def preflight(cfg: ExperimentConfig, out_dir: str | Path | None = None) -> None:
+    """What a run needs outside its config, checked before any data are loaded: a usable output place
+    (``--out`` or ``output.dir``) and, on a Ray cluster, that the cluster answers at ``engine.ray.address``."""
+    check_out_dir(Path(out_dir if out_dir is not None else cfg.output.dir), "--out" if out_dir is not None else "output.dir")
+    if cfg.engine.name == "ray" and cfg.engine.ray.address and cfg.topology.name != "centralized":
+        check_address(cfg.engine.ray.address)
+
+
+def run(
+    config: ExperimentConfig | str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    out_dir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    stop_after: int | None = None,
+    t0: float | None = None,
+    population_factory: PopulationFactory | None = None,
+) -> RunResult:
+    """Run an experiment to the end (or, with ``stop_after=k``, stop after round k as if interrupted)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    cfg = _config(config, overrides)
+    preflight(cfg, out_dir)
+    population = prepare(cfg, population_factory)
+    rundir = RunDir.create(cfg, Path(out_dir) if out_dir is not None else None)
+    return _execute(cfg, population, rundir, 0, None, progress, stop_after, t0)
+
+
+def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, stop_after: int | None = None) -> RunResult:
+    """Continue an interrupted run from its last checkpoint; the metrics equal an uninterrupted run's."""
+    t0 = time.perf_counter()
+    rundir = RunDir.open(run_dir)
+    if rundir.status == "complete":
+        raise RunError(f"{rundir.path} is already complete; nothing to resume (start a new run instead)")
+    cfg = rundir.config()
+    if cfg.topology.name == "centralized":
+        check_resume(cfg)
+    ckpt = rundir.load_checkpoint()
+    rundir.truncate_metrics(ckpt["metrics_bytes"])  # checked first: a run whose metrics were cut is not resumed
+    preflight(cfg, rundir.path.parent)
+    population = prepare(cfg)
+    rundir.set_status("running")
+    return _execute(cfg, population, rundir, ckpt["round"], ckpt["participants"], progress, stop_after, t0)
+
+
+def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int, snaps: list[Any] | None,
+             progress: ProgressFn | None, stop_after: int | None, t0: float) -> RunResult:
+    """Rounds ``start..`` on the config's engine through :meth:`Federation.run`, then the report."""
+    timings: dict[str, float] = {"setup_s": time.perf_counter() - t0}
+    engine = None
+    try:
+        engine = engine_for(cfg)(population)
+        plots = rundir.path / "plots" if cfg.output.plots else None
+        fed = Federation(cfg, population, engine, observers(cfg, population, plots), rundir=rundir, progress=progress)
+        status = fed.run(start, snaps, stop_after=stop_after, t0=t0)
+        timings.update(fed.timings)
+        if status == "interrupted":
+            rundir.set_status("interrupted")
+            return RunResult(rundir.path, "interrupted", timings=timings)
+        timings["rounds_s"] = time.perf_counter() - t0 - timings["setup_s"]
+        records = rundir.records()
+        splits = population.splits
+        summary = write_outputs(
+            rundir.path, cfg, records, population.sample_counts(),
+            splits.label_histograms(population.data.y_train, population.data.num_classes),
+            population.data.classes, build_graph(cfg, 0), {"status": "complete"},
+        )
+        timings["total_s"] = time.perf_counter() - t0
+        (rundir.path / "timings.json").write_text(json.dumps(timings, indent=2))
+        rundir.set_status("complete")
+        return RunResult(rundir.path, "complete", summary, timings)
+    except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM through the CLI's handler (Terminated)
+        rundir.set_status("interrupted")
+        exc.run_dir = rundir.path  # type: ignore[attr-defined]  # the CLI names it in its resume hint
+        raise
+    except OSError as exc:  # the run's own files: a full disk, a quota, a folder made read-only
+        rundir.set_status("failed")
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise RunError(f"{rundir.path}: cannot write the run's outputs: {exc.strerror or exc}{where}. Nothing "
+                       f"before the last checkpoint is lost: free space (or fix the folder), then resume with "
+                       f"`{rundir.resume_hint()}`") from None
+    except BaseException:
+        rundir.set_status("failed")
+        raise
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG})
