@@ -30,6 +30,7 @@ from attacks.base import AdversaryView, AttackResult, Labelled, MembershipAttack
 from attacks.shadow import ShadowParams, shadow_models, stack
 from dfl.metrics.membership import best_threshold
 from dfl.registries import ATTACKS
+from dfl.seeding import LABEL_ONLY_NOISE
 
 Labeller = Callable[[torch.Tensor], torch.Tensor]  # images (B, C, H, W) -> predicted labels (B,)
 
@@ -88,7 +89,7 @@ def label_consistency(labels: Labeller, x: torch.Tensor, y: torch.Tensor, params
 
 
 def _generator(view: AdversaryView, *tags: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(view.rng(400, *tags).integers(2**62)))
+    return torch.Generator().manual_seed(int(view.rng(LABEL_ONLY_NOISE, *tags).integers(2**62)))
 
 
 @ATTACKS.register("label_only", params=LabelOnlyParams)

@@ -2,8 +2,9 @@
 
 Query-time (``dfl.defense.QueryDefense``): augmixcloak, confidence_masking, confidence_regularization,
 confidence_perturbation, image_perturbation, memguard. Training-time (``dfl.defense.TrainingDefense``):
-adamixup, mixup, label_smoothing, weight_penalty (L1/L2), dp_sgd (Opacus), defensive_augmentation; at share
-time (the update a node shares): update_pruning, update_noise. Dropout is ``model.params.dropout``.
+adamixup, mixup, label_smoothing, weight_penalty (L1/L2), dp_sgd (Opacus), defensive_augmentation. Share-time
+(``dfl.defense.ShareDefense``, the update a node shares): update_pruning, update_noise. Dropout is
+``model.params.dropout``.
 """
 
 from __future__ import annotations

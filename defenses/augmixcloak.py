@@ -40,9 +40,7 @@ from defenses.phash_index import PHashIndex
 from dfl.defense import DefenseContext, QueryDefense
 from dfl.metrics.membership import best_threshold
 from dfl.registries import DEFENSES
-from dfl.seeding import derive_seed
-
-TUNE = 20  # seeding tag of the tuning's member/non-member sample
+from dfl.seeding import AUGMIXCLOAK_TUNE, derive_seed
 
 
 def _affine_theta(name: str, m: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -308,7 +306,7 @@ class AugMixCloak(QueryDefense):
         train, holdout = self.ctx.train_images, self.ctx.holdout_images
         assert train is not None and holdout is not None
         p = self.params
-        rng = np.random.default_rng(derive_seed(self.ctx.seed, TUNE, self.ctx.node))
+        rng = np.random.default_rng(derive_seed(self.ctx.seed, AUGMIXCLOAK_TUNE, self.ctx.node))
         xm, ym = train(self.ctx.node)
         xn, yn = holdout(self.ctx.node)
         n = min(p.tune_samples, len(xm), len(xn))

@@ -38,12 +38,11 @@ from torch import nn
 from dfl.defense import DefenseContext, TrainingDefense
 from dfl.errors import ConfigError
 from dfl.registries import DEFENSES, MODELS
-from dfl.seeding import TRAIN_DEFENSE, torch_generator
+from dfl.seeding import DP_NOISE, TRAIN_DEFENSE, torch_generator
 
 if TYPE_CHECKING:
     from dfl.config import ExperimentConfig
 
-DP_NOISE = 1  # tag under the node's (TRAIN_DEFENSE, node, round) stream: DP-SGD's Gaussian noise
 _PROBE_SHAPE = (3, 32, 32)  # image shape the config check builds the model with (layer types do not depend on it)
 
 

@@ -38,10 +38,7 @@ from torch import nn
 from dfl.defense import DefenseContext, QueryDefense
 from dfl.errors import ConfigError
 from dfl.registries import DEFENSES
-from dfl.seeding import derive_seed
-
-FIT_STREAM = 0x4D47  # the seeding tag of the defense classifier's stream ("MG"), apart from dfl.seeding's
-
+from dfl.seeding import MEMGUARD_FIT, derive_seed
 
 # --------------------------------------------------------------------------- defense classifier
 
@@ -202,7 +199,7 @@ class MemGuard(QueryDefense):
         model.eval()
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
-        g = torch.Generator().manual_seed(derive_seed(self.ctx.seed, FIT_STREAM, self.ctx.node))
+        g = torch.Generator().manual_seed(derive_seed(self.ctx.seed, MEMGUARD_FIT, self.ctx.node))
         xm, _ = self.ctx.train_images(self.ctx.node)
         xn, _ = self.ctx.holdout_images(self.ctx.node)
         n = min(self.params.train_samples, len(xm), len(xn))

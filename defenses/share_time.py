@@ -8,7 +8,9 @@ After local training the node's update ``u = x_after - x_start`` is rewritten an
 - ``update_noise``: Gaussian noise of standard deviation ``sigma * ||u|| / sqrt(n)`` (``relative``, the
   default) or ``sigma`` per entry is added, from a stream of (seed, node, round).
 
-Both act on parameters and float buffers alike, so what an attacker inverts is the rewritten update.
+Both are ``dfl.defense.ShareDefense``s: the participant hands them its update as one flat vector and
+continues from what they return. They act on parameters and float buffers alike, so what an attacker
+inverts is the rewritten update.
 """
 
 from __future__ import annotations
@@ -17,48 +19,10 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from dfl.defense import TrainingDefense
-from dfl.federation.participant import shared_tensors
+from dfl.defense import ShareDefense
 from dfl.registries import DEFENSES
-from dfl.seeding import derive_seed
-
-SHARE_NOISE = 15  # seeding tag
-
-
-def _flat(model: nn.Module) -> torch.Tensor:
-    return torch.cat([t.detach().reshape(-1) for t in shared_tensors(model)])
-
-
-def _load(model: nn.Module, flat: torch.Tensor) -> None:
-    offset = 0
-    with torch.no_grad():
-        for t in shared_tensors(model):
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
-
-
-class _ShareTime(TrainingDefense):
-    """Remembers the start of the round in ``wrap`` and rewrites the update in ``unwrap``."""
-
-    _start: torch.Tensor | None = None
-
-    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, round_idx: int, steps: int,
-             batch_size: int, num_samples: int) -> torch.optim.Optimizer:
-        self._start = _flat(model).clone()
-        return optimizer
-
-    def unwrap(self, model: nn.Module, round_idx: int) -> dict[str, float]:
-        if self._start is None:
-            return {}
-        start, self._start = self._start, None
-        _load(model, start + self.rewrite(_flat(model) - start, round_idx))
-        return {}
-
-    def rewrite(self, update: torch.Tensor, round_idx: int) -> torch.Tensor:
-        raise NotImplementedError
+from dfl.seeding import SHARE_NOISE, derive_seed
 
 
 class PruningParams(BaseModel):
@@ -67,7 +31,7 @@ class PruningParams(BaseModel):
 
 
 @DEFENSES.register("update_pruning", params=PruningParams)
-class UpdatePruning(_ShareTime):
+class UpdatePruning(ShareDefense):
     """The smallest-magnitude entries of the update are dropped."""
 
     params: PruningParams
@@ -89,7 +53,7 @@ class NoiseParams(BaseModel):
 
 
 @DEFENSES.register("update_noise", params=NoiseParams)
-class UpdateNoise(_ShareTime):
+class UpdateNoise(ShareDefense):
     """Gaussian noise on the update."""
 
     params: NoiseParams

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from dfl.config import TrainingConfig
+from dfl.seeding import ADVERSARY_VIEW
 
 
 @dataclass
@@ -62,7 +63,7 @@ class AdversaryView:
         return model
 
     def rng(self, *tags: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, 20, self.attacker, self.round, *tags])
+        return np.random.default_rng([self.seed, ADVERSARY_VIEW, self.attacker, self.round, *tags])
 
 
 @dataclass

@@ -135,6 +135,27 @@ class TrainingDefense:
         return {}
 
 
+class ShareDefense:
+    """A share-time defense: rewrites a node's update before its neighbours see the state.
+
+    After a node's local training (its training-time defenses done), its update ``u = x_after - x_start``
+    -- one flat vector of parameters then float buffers, the layout a node shares
+    (:func:`dfl.federation.participant.shared_tensors`) -- becomes ``rewrite(u, round_idx)``, and the node
+    continues and shares from ``x_start + u'``. Several apply in config order. ``rewrite`` returns a new
+    tensor and leaves ``update`` as it was.
+    """
+
+    name = ""  # the registered name, set when a population builds the chain
+
+    def __init__(self, params: BaseModel, ctx: DefenseContext) -> None:
+        self.params = params
+        self.ctx = ctx
+
+    def rewrite(self, update: torch.Tensor, round_idx: int) -> torch.Tensor:
+        """The update the node shares in round ``round_idx`` instead of ``update: (n_params,)``."""
+        return update
+
+
 def model_key(model: nn.Module) -> tuple[float, float]:
     """A fingerprint of a model's parameters and buffers (sum and sum of squares, in float64)."""
     total, squares = 0.0, 0.0

@@ -25,6 +25,7 @@ from dfl.errors import ConfigError
 from dfl.plugins import load_plugins
 from dfl.registries import AGGREGATORS, ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONERS, TOPOLOGIES
 from dfl.registry import pydantic_errors
+from dfl.seeding import ATTACKER_PLACEMENT
 from dfl.topology import base_graph, check_topology
 
 
@@ -168,7 +169,7 @@ def place_attackers(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     k = cfg.attackers
     if not 0 <= k < cfg.nodes:
         return [("attackers", f"a count of {k} attackers needs 0 <= count < nodes={cfg.nodes}; lower it or list node ids")]
-    rng = np.random.default_rng([cfg.seed, 3])
+    rng = np.random.default_rng([cfg.seed, ATTACKER_PLACEMENT])
     cfg.attackers = sorted(int(i) for i in rng.choice(cfg.nodes, size=k, replace=False))
     return []
 

@@ -20,6 +20,7 @@ import numpy as np
 from dfl.config import ExperimentConfig
 from dfl.errors import ConfigError
 from dfl.mixing import FloatArray, adjacency_matrix, check_mixing_matrix
+from dfl.seeding import LINK_FAILURE, TOPOLOGY
 
 #: epochs of a resampled topology that ``check_topology`` builds and checks for connectivity
 CHECKED_EPOCHS = 5
@@ -44,7 +45,7 @@ def _base_graph(name: str, params_json: str, n: int, seed: int, epoch: int) -> n
     topologies, _ = _registries()
     entry = topologies.get(name, "topology.name")
     params = entry.parse_params(json.loads(params_json), "topology.params")
-    graph = entry.obj(n, params, np.random.default_rng([seed, 1, epoch]))
+    graph = entry.obj(n, params, np.random.default_rng([seed, TOPOLOGY, epoch]))
     return nx.freeze(graph)
 
 
@@ -68,7 +69,7 @@ def build_graph(cfg: ExperimentConfig, round_idx: int) -> nx.Graph:
     if p <= 0 or graph.number_of_edges() == 0:
         return graph
     edges = sorted((min(u, v), max(u, v)) for u, v in graph.edges())
-    down = np.random.default_rng([cfg.seed, 2, round_idx]).random(len(edges)) < p
+    down = np.random.default_rng([cfg.seed, LINK_FAILURE, round_idx]).random(len(edges)) < p
     live = nx.Graph()
     live.add_nodes_from(range(cfg.nodes))
     live.add_edges_from(e for e, d in zip(edges, down, strict=True) if not d)

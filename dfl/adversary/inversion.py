@@ -41,10 +41,9 @@ from dfl.federation.participant import flatten_into_views, load_flat, local_batc
 from dfl.federation.population import Population
 from dfl.metrics.images import pair
 from dfl.registries import ATTACKS
-from dfl.seeding import derive_seed
+from dfl.seeding import INVERSION, derive_seed
 
 Record = dict[str, Any]
-INVERSION = 40  # seeding tag of the attacks' random initialisations
 
 
 def is_inversion(name: str) -> bool:

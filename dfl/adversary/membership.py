@@ -27,7 +27,7 @@ from dfl.federation.participant import flatten_into_views, load_flat
 from dfl.federation.population import Population
 from dfl.metrics.membership import mia_metrics
 from dfl.registries import ATTACKS
-from dfl.seeding import QUERY, torch_generator
+from dfl.seeding import MIA_SAMPLE, QUERY, torch_generator
 
 Record = dict[str, Any]
 ROC_POINTS = np.r_[0.0, np.logspace(-3, 0, 40)]  # FPR grid the ROC curve is stored on
@@ -133,7 +133,7 @@ class Adversary:
     def evaluation_set(self, attacker: int, victim: int, samples: int, r: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """Indices of members (victim's train) and as many non-members; ``True`` if the non-members come from the test split."""
         splits = self.population.splits
-        rng = np.random.default_rng([self.cfg.seed, 21, r, attacker, victim])
+        rng = np.random.default_rng([self.cfg.seed, MIA_SAMPLE, r, attacker, victim])
         train = splits.nodes[victim].train
         pool = np.concatenate([n.holdout for i, n in enumerate(splits.nodes) if i != attacker])
         k = min(samples, len(train), max(len(pool), len(splits.test)))

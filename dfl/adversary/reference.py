@@ -23,11 +23,10 @@ from dfl.config import Spec
 from dfl.data import ImageData, channel_stats, to_float
 from dfl.data.cache import cache_dir
 from dfl.models import build_model
-from dfl.seeding import derive_seed
+from dfl.seeding import REFERENCE, derive_seed
 
 RECIPE = {"model": {"name": "cnn", "params": {"channels": [32, 64], "hidden": 256, "norm": "group"}},
           "epochs": 8, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "seed": 0}
-REFERENCE = 30  # seeding tag
 
 
 def _key(data: ImageData, recipe: dict) -> str:

@@ -103,6 +103,7 @@ class Participant:
         device: torch.device | str = "cpu",
         query_defenses: list[Any] | None = None,
         training_defenses: list[Any] | None = None,
+        share_defenses: list[Any] | None = None,
         total_rounds: int = 1,
     ) -> None:
         self.node_id = node_id
@@ -117,6 +118,7 @@ class Participant:
         self.optimizer = self._make_optimizer()
         self.query_defenses = query_defenses or []
         self.training_defenses = training_defenses or []
+        self.share_defenses = share_defenses or []
         self.total_rounds = total_rounds
         self._queries = 0
 
@@ -139,8 +141,9 @@ class Participant:
         return [b.to(self.device) for b in out] if self.device.type != "cpu" else out
 
     def train_round(self, round_idx: int) -> dict[str, float]:
-        """Local training of round ``round_idx``; returns the mean training loss, the step count and
-        whatever the training-time defenses report (e.g. ``dp_epsilon``)."""
+        """Local training of round ``round_idx``, then the share-time defenses' rewrite of the update;
+        returns the mean training loss, the step count and whatever the training-time defenses report
+        (e.g. ``dp_epsilon``)."""
         for q in self.query_defenses:
             q.start_round(round_idx)
         if self.training.reset_optimizer:
@@ -152,6 +155,7 @@ class Participant:
         defenses = self.training_defenses
         g = torch_generator(self.seed, TRAIN_DEFENSE, self.node_id, round_idx) if defenses else None
         stats: dict[str, float] = {}
+        start = self.flat.detach().clone() if self.share_defenses else None
         for d in defenses:  # the node's own optimizer keeps its state; a wrapper lives for this round only
             opt = d.wrap(model, opt, round_idx, len(batches), self.training.batch_size, self.num_samples)
         try:
@@ -168,6 +172,12 @@ class Participant:
         finally:
             for d in reversed(defenses):
                 stats.update(d.unwrap(model, round_idx))
+        if start is not None:  # share-time defenses rewrite the round's update
+            update = self.flat.detach() - start
+            for d in self.share_defenses:
+                update = d.rewrite(update, round_idx)
+            with torch.no_grad():
+                self.flat.copy_(start + update)
         mean = float(torch.stack(losses).mean()) if losses else 0.0
         return {"loss": mean, "steps": float(len(batches)), **stats}
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from dfl.config import ExperimentConfig, InitConfig
 from dfl.data import ImageData, Splits, channel_stats, load_dataset, make_splits, to_float
-from dfl.defense import TrainingDefense
+from dfl.defense import ShareDefense, TrainingDefense
 from dfl.errors import ConfigError
 from dfl.federation.participant import Participant, Split, shared_tensors
 from dfl.models import build_model
@@ -144,6 +144,7 @@ class Population:
             device=self.device,
             query_defenses=self.query_defenses(node_id),
             training_defenses=self.defenses(node_id, TrainingDefense),
+            share_defenses=self.defenses(node_id, ShareDefense),
             total_rounds=self.cfg.rounds,
         )
 

@@ -38,9 +38,7 @@ from dfl.config import ExperimentConfig
 from dfl.defense import DefenseContext, TrainingDefense
 from dfl.plugins import load_plugins
 from dfl.registries import ATTACKS, DEFENSES
-from dfl.seeding import derive_seed
-
-SEARCH = 50  # seeding tag
+from dfl.seeding import SEARCH, derive_seed
 
 
 def _train(cfg: ExperimentConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: TrainingDefense,

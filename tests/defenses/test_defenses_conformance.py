@@ -43,7 +43,8 @@ _HOLDOUT = (_RNG.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8), _RNG.integers(
 
 
 def defense_api() -> ModuleType:
-    """The module defining ``DefenseContext``, ``QueryDefense`` and ``TrainingDefense``, found through the
+    """The module defining ``DefenseContext`` and the hooks (``QueryDefense``, ``TrainingDefense``,
+    ``ShareDefense``), found through the
     registered defenses' base classes so that this file does not name the module."""
     for entry in DEFENSES:
         for cls in getattr(entry.obj, "__mro__", ()):
@@ -55,6 +56,7 @@ def defense_api() -> ModuleType:
 API = defense_api()
 QUERY = [e.name for e in DEFENSES if isinstance(e.obj, type) and issubclass(e.obj, API.QueryDefense)]
 TRAINING = [e.name for e in DEFENSES if isinstance(e.obj, type) and issubclass(e.obj, API.TrainingDefense)]
+SHARE = [e.name for e in DEFENSES if isinstance(e.obj, type) and issubclass(e.obj, API.ShareDefense)]
 
 
 # Module-level functions (not lambdas) so that a context, and the defense holding it, pickles by reference.
@@ -130,7 +132,7 @@ def listing() -> dict[str, list[str]]:
 
 def test_every_defense_has_a_hook_kind() -> None:
     """Each entry is a training-time or a query-time defense (a population builds no other kind)."""
-    assert sorted(QUERY + TRAINING) == DEFENSES.names()
+    assert sorted(QUERY + TRAINING + SHARE) == DEFENSES.names()
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
@@ -224,6 +226,24 @@ def test_training_defense_local_step_unwraps_cleanly(name: str) -> None:
     left = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
     assert left == hooks
     assert not [n for n, p in model.named_parameters() if hasattr(p, "grad_sample")]
+
+
+# ------------------------------------------------------------------------------------------ share time
+
+
+@pytest.mark.parametrize("name", SHARE)
+def test_share_defense_rewrites_a_copy_of_the_update_reproducibly(name: str) -> None:
+    """``rewrite`` returns a new update of the same shape, leaves its input alone, and gives the same
+    answer for the same round (its randomness is a stream of seed, node and round)."""
+    defense = _defense(name)
+    update = torch.randn(300, generator=torch.Generator().manual_seed(4))
+    before = update.clone()
+    out = defense.rewrite(update, 2)
+    assert torch.equal(update, before)
+    assert out.shape == update.shape and out.dtype == update.dtype and torch.isfinite(out).all()
+    assert not torch.equal(out, update), "the rewrite changed nothing"
+    assert torch.equal(_defense(name).rewrite(update, 2), out)
+    assert not isinstance(defense, (API.TrainingDefense, API.QueryDefense))
 
 
 # ------------------------------------------------------------------------------------------ query time

@@ -1,0 +1,41 @@
+"""dfl.seeding: the one table of stream tags."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import dfl.seeding as seeding
+
+ROOT = Path(__file__).resolve().parents[2]
+STREAMS = ["TOPOLOGY", "LINK_FAILURE", "ATTACKER_PLACEMENT", "MODEL_INIT", "LOCAL_TRAIN", "EVAL_SUBSET", "QUERY",
+           "TRAIN_DEFENSE", "SHARE_NOISE", "ADVERSARY_VIEW", "MIA_SAMPLE", "REFERENCE", "INVERSION", "SEARCH",
+           "MEMGUARD_FIT"]
+
+
+def test_stream_tags_are_distinct() -> None:
+    """Two generator paths never share a first tag (AUGMIXCLOAK_TUNE seeds through derive_seed, not a path)."""
+    values = [getattr(seeding, name) for name in STREAMS]
+    assert len(set(values)) == len(values)
+    assert seeding.derive_seed(7, seeding.AUGMIXCLOAK_TUNE, 0) != int(
+        seeding.numpy_rng(7, seeding.ADVERSARY_VIEW, 0).integers(2**62))
+
+
+def test_no_module_defines_a_tag_of_its_own() -> None:
+    """Stream tags live in dfl/seeding.py only: no other module assigns an upper-case name that it then
+    passes to derive_seed / torch_generator / numpy_rng."""
+    offenders = []
+    for pkg in ("dfl", "topologies", "defenses", "attacks"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            if f.name == "seeding.py":
+                continue
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+            consts = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                      if isinstance(t, ast.Name) and t.id.isupper() and isinstance(n.value, ast.Constant)
+                      and isinstance(n.value.value, int)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                        "derive_seed", "torch_generator", "numpy_rng"):
+                    used = {a.id for a in node.args if isinstance(a, ast.Name)}
+                    offenders += [f"{f.relative_to(ROOT)}: {name}" for name in used & consts]
+    assert offenders == []
