@@ -53,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
 
     t = sub.add_parser("table", help="run one of the defense evaluation tables and write its report.md")
-    t.add_argument("name", metavar="NAME", help="augmixcloak, adamixup or perturbation")
+    t.add_argument("name", metavar="NAME", nargs="?", help="the table to run (--list lists them)")
+    t.add_argument("--list", action="store_true", help="list every table: name, title and file; then exit")
+    t.add_argument("--tables", metavar="DIR",
+                   help="folder of <name>.table.yaml files (and base experiments), searched before $DFL_SIM_TABLES "
+                        "and the shipped tables")
     t.add_argument("--dataset", default="digits",
                    help="cifar10 or digits (default digits), or any registered data set run on the --base settings")
     t.add_argument("--base", metavar="cifar10|digits",
@@ -122,17 +126,36 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "search-augmentation":
         return _search_augmentation(args, console)
     if args.command == "table":
-        from dfl.tables import run_table
-
-        def on_run(label: str, i: int, total: int) -> None:
-            console.print(f"[{i}/{total}] {label}", highlight=False)
-
-        out = run_table(args.name, args.dataset, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run,
-                        jobs=args.jobs, base=args.base)
-        print((out / "report.md").read_text())
-        print(f"report: {out / 'report.md'}")
-        return 0
+        return _table(args, console)
     raise AssertionError(args.command)
+
+
+def _table(args: argparse.Namespace, console: Console) -> int:
+    from dfl.errors import ConfigError
+    from dfl.tables import find_tables, list_tables, run_table, search_path
+
+    if args.list:
+        tables = list_tables(args.tables)
+        width = max((len(f.name) for f, _ in tables), default=0)
+        for f, table in tables:
+            print(f"{f.name:<{width}}  {table.title}")
+            print(f"{'':<{width}}  {f.path} ({f.source})")
+        print("searched, first file of a name wins: "
+              + ("; ".join(f"{d} ({source})" for source, d in search_path(args.tables)) or "no folder"))
+        return 0
+    if args.name is None:
+        names = ", ".join(find_tables(args.tables)) or "(none found)"
+        raise ConfigError([("table", f"name the table to run: dfl-sim table NAME, NAME one of {names}; "
+                                     "`dfl-sim table --list` shows their titles and files")])
+
+    def on_run(label: str, i: int, total: int) -> None:
+        console.print(f"[{i}/{total}] {label}", highlight=False)
+
+    out = run_table(args.name, args.dataset, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run,
+                    jobs=args.jobs, base=args.base, tables_dir=args.tables)
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.md'}")
+    return 0
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:

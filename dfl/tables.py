@@ -1,27 +1,51 @@
 """The defense evaluation tables: each one a grid of runs over seeds, written as one report.md.
 
-``dfl-sim table NAME --dataset cifar10|digits --seeds 2`` runs every (row, column) cell of table
-``NAME`` on ``experiments/tables/<dataset>.yaml`` for each seed, and writes
-``<out>/table-NAME-<dataset>-<time>/report.md`` (mean ± std over seeds, then each row's change against
-the first), ``table.csv`` (every run's figures) and the runs themselves. Any other registered data set
-(``--dataset svhn``, ``cifar100``, ...) runs on a base experiment's settings unchanged (``--base``,
-default ``cifar10``), so defenses tuned there can be judged on data they were not tuned on. Tables:
+A table is a data file, ``<name>.table.yaml``. ``dfl-sim table NAME --dataset cifar10|digits --seeds 2``
+runs every (row, column) cell of table ``NAME`` on the base experiment ``<dataset>.yaml`` for each seed,
+and writes ``<out>/table-NAME-<dataset>-<time>/report.md`` (mean ± std over seeds, then each row's change
+against the first), ``table.csv`` (every run's figures) and the runs themselves. Any other registered
+data set (``--dataset svhn``, ``cifar100``, ...) runs on a base experiment's settings unchanged
+(``--base``, default ``cifar10``), so defenses tuned there can be judged on data they were not tuned on.
 
-- ``augmixcloak`` (the AugMixCloak paper's comparison): F1 of the shadow-model attack and of three
-  metric attacks, and benign accuracy, for no defense / AugMixCloak (tuned per node) / confidence
-  masking / L2 regularization, on fully connected, ring and star topologies;
-- ``adamixup`` (the AdaMixup paper's comparison): classification accuracy and the accuracy of attacks
-  A1 (shadow model), A2 (metric: loss) and A3 (label only), for no defense / dropout / L1 / L2 / Mixup /
-  DP-SGD / MemGuard / AdaMixup;
-- ``inversion`` (the defensive-augmentation paper's comparison): model accuracy, and attack accuracy
-  (recognisability), PSNR and SSIM of inverting-gradients reconstructions, for no defense / DP-SGD with
-  sigma 0.1, 0.5, 1.0 / posterize M9 / the per-class CIFAR-10 policy (each cell runs the base
-  experiment twice: trained with the defense, and attacked on one-step updates under it);
-- ``inversion_dp``: the same measurement for no defense (as is, and with the DP-SGD rows' group norm) and
-  DP-SGD with sigma 0.001, 0.003, 0.01, 0.03 and 0.1: the noise level at which one-image updates stop
-  leaking;
-- ``perturbation`` (the MIA-defence slides): target accuracy and global top-one attack accuracy for
-  confidence regularization, image perturbation and confidence perturbation alone and combined.
+Where tables live: table files and the base experiments (``cifar10.yaml``, ``digits.yaml``) are looked
+up in these folders, in this order, the first file of a name winning: ``--tables DIR`` (``tables_dir``),
+the folders in ``$DFL_SIM_TABLES`` (separated by ``os.pathsep``), the checkout's ``experiments/tables/``,
+or, where dfl-sim was installed from a wheel, the copy of that folder the wheel ships
+(``<prefix>/share/dfl-sim/tables/``). A folder of one's own tables needs no base experiments of its own.
+``dfl-sim table --list`` prints every table's name, title and file.
+
+The format (``yaml.safe_load``, then validated: an unknown key or a wrong type is an error naming the
+file and the field)::
+
+    title: Weight penalties against the loss attack     # the report's heading
+    attacks: "[{name: loss}]"                           # set as ``attacks=`` in every run (a YAML list)
+    rows:                                               # a label and its --set overrides
+      - {label: no defense, overrides: ["defenses=[]"]}
+      - {label: L2, overrides: ["defenses=[{name: weight_penalty, params: {norm: l2, lam: 0.0005}}]"]}
+    columns:                                            # optional; default one unnamed column
+      - {label: ring, overrides: [topology.name=ring]}
+      - {label: star, overrides: [topology.name=star]}
+    metrics:                                            # a header and a summary key, part.key
+      - {header: loss acc, key: mia.loss_accuracy}
+      - {header: test acc, key: final.mean_test_acc}
+    note: Attack accuracy of 0.5 is chance.             # optional; printed under the tables
+    only: {L2: [cifar10]}                               # optional; row label -> the only data sets it runs on
+
+``phases`` (optional, default one unnamed phase) runs each cell more than once:
+``[{name: model, overrides: [...]}, {name: attack, overrides: [...]}]``, and a metric key
+``phase:part.key`` reads that phase's run. A run's overrides are, in this order: the data set swap
+(other data sets), ``attacks=``, the command's ``--set``, the phase's, the row's, the column's, ``seed=``.
+
+The shipped tables (each file's comment says more):
+
+- ``augmixcloak``: the AugMixCloak paper's comparison, shadow-model and metric attacks' F1 on three
+  topologies;
+- ``adamixup``: the AdaMixup paper's comparison, attacks A1 (shadow model), A2 (loss), A3 (label only);
+- ``inversion``: the defensive-augmentation paper's comparison, model accuracy and inverting-gradients
+  reconstructions (two phases per cell: trained with the defense, and attacked on one-step updates);
+- ``inversion_dp``: the same measurement for DP-SGD noise from 0.001 to 0.1;
+- ``perturbation``: the MIA-defence slides' confidence regularization, image and confidence
+  perturbation.
 
 Accuracies are those of the victims' query API (what an attacker is answered) on the attack's
 non-members, so query-time defenses that change labels pay for it in the table.
@@ -30,6 +54,7 @@ non-members, so query-time defenses that change labels pay for it in the table.
 from __future__ import annotations
 
 import csv
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,15 +62,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dfl.errors import ConfigError
 from dfl.rundir import check_out_dir, make_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-BASES = ("cifar10", "digits")  # the base experiments in experiments/tables/
-
-L2 = "{name: weight_penalty, params: {norm: l2, lam: 0.0005}}"
-L1 = "{name: weight_penalty, params: {norm: l1, lam: 0.00001}}"
+BASES = ("cifar10", "digits")  # the base experiments, <name>.yaml beside the tables
+SUFFIX = ".table.yaml"
+ENV = "DFL_SIM_TABLES"
+SHARE = ("share", "dfl-sim", "tables")  # where a wheel installs experiments/tables/*.yaml, under its prefix
+SHIPPED = ("checkout", "installed")  # the sources of the tables that come with dfl-sim
+_RESERVED = ("row", "column", "seed", "run_dir")  # table.csv's own columns
 
 
 @dataclass(frozen=True)
@@ -61,118 +89,187 @@ class Table:
     only: dict[str, tuple[str, ...]] = field(default_factory=dict)  # row label -> the only data sets it applies to
 
 
-def _defenses(*specs: str) -> str:
-    return "defenses=[" + ", ".join(specs) + "]"
+@dataclass(frozen=True)
+class TableFile:
+    """A table file found on the search path; ``source`` says which folder: ``--tables``, ``DFL_SIM_TABLES``,
+    ``checkout`` or ``installed``."""
+
+    name: str
+    path: Path
+    source: str
 
 
-def _dp(sigma: float) -> list[str]:
-    return [_defenses(f"{{name: dp_sgd, params: {{noise_multiplier: {sigma}, max_grad_norm: 1.0}}}}"),
-            "model.params.norm=group"]
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-# the inversion tables' two runs per cell, what they read and how it is measured
-INVERSION_PHASES = [
-    ("model", ["attackers=[]"]),
-    # one image, one plain SGD step per node; on a complete graph of 11 nodes the attacker inverts 10 updates
-    ("attack", ["rounds=1", "nodes=11", "topology.name=fully_connected", "training.local_steps=1",
-                "training.batch_size=1", "training.optimizer.momentum=0.0",
-                "attacks=[{name: inverting_gradients, params: {iterations: 600}}]"]),
-]
-INVERSION_METRICS = [("model acc", "model:final.mean_test_acc"),
-                     ("attack acc", "attack:inversion.inverting_gradients_exact_recognisability"),
-                     ("PSNR", "attack:inversion.inverting_gradients_exact_psnr"),
-                     ("SSIM", "attack:inversion.inverting_gradients_exact_ssim")]
-INVERSION_NOTE = ("Model accuracy: the base experiment trained with the defense (no attacker). Attack accuracy: the "
-                  "reference classifier's accuracy on inverting-gradients reconstructions of the one-image, one-step "
-                  "updates of 10 neighbours (exact start state, round 1) made under the same defense; PSNR and SSIM of "
-                  "those reconstructions against the images as stored. DP-SGD rows use group norm.")
+class _Cell(_Spec):
+    label: str
+    overrides: list[str] = []
 
 
-TABLES: dict[str, Table] = {
-    "augmixcloak": Table(
-        title="AugMixCloak against the shadow-model attack and three metric attacks",
-        attacks="[{name: shadow_model}, {name: confidence}, {name: entropy}, {name: modified_entropy}]",
-        rows=[
-            ("no defense", ["defenses=[]"]),
-            ("AugMixCloak (tuned per node)", [_defenses("{name: augmixcloak, params: {tune: true}}")]),
-            ("confidence masking (top-1)", [_defenses("{name: confidence_masking, params: {mode: top_k, k: 1}}")]),
-            ("L2 regularization", [_defenses(L2)]),
-        ],
-        columns=[(t, [f"topology.name={t}"]) for t in ("fully_connected", "ring", "star")],
-        metrics=[("shadow F1", "mia.shadow_model_f1"), ("confidence F1", "mia.confidence_f1"),
-                 ("entropy F1", "mia.entropy_f1"), ("m-entropy F1", "mia.modified_entropy_f1"),
-                 ("benign acc", "mia.shadow_model_answered_non_member_acc")],
-        note="F1 of 0.667 is the all-member baseline; AugMixCloak aims at [0.35, 0.65].",
-    ),
-    "adamixup": Table(
-        title="Training- and query-time defenses against attacks A1 (shadow model), A2 (loss), A3 (label only)",
-        attacks="[{name: shadow_model}, {name: loss}, {name: label_only}]",
-        rows=[
-            ("no defense", ["defenses=[]"]),
-            ("dropout 0.5", ["defenses=[]", "model.params.dropout=0.5"]),
-            ("L1", [_defenses(L1)]),
-            ("L2", [_defenses(L2)]),
-            ("Mixup", [_defenses("{name: mixup}")]),
-            ("DP-SGD (sigma 1.0, C 1.0)", [_defenses("{name: dp_sgd, params: {noise_multiplier: 1.0, max_grad_norm: 1.0}}"),
-                                           "model.params.norm=group"]),
-            ("MemGuard", [_defenses("{name: memguard}")]),
-            ("AdaMixup", [_defenses("{name: adamixup}")]),
-        ],
-        metrics=[("classification acc", "mia.shadow_model_answered_non_member_acc"),
-                 ("A1 shadow acc", "mia.shadow_model_accuracy"), ("A2 loss acc", "mia.loss_accuracy"),
-                 ("A3 label-only acc", "mia.label_only_accuracy"), ("A2 loss AUC", "mia.loss_auc")],
-        note="Attack accuracy of 0.5 is chance (balanced members and non-members).",
-    ),
-    "inversion": Table(
-        title="Defenses against gradient inversion: model accuracy and attack accuracy",
-        attacks="[]",
-        rows=[
-            ("no defense", ["defenses=[]"]),
-            ("DP-SGD sigma 0.1", _dp(0.1)),
-            ("DP-SGD sigma 0.5", _dp(0.5)),
-            ("DP-SGD sigma 1.0", _dp(1.0)),
-            ("posterize M9", [_defenses("{name: defensive_augmentation, params: {op: posterize, magnitude: 9}}")]),
-            ("per-class policy (Table 3)", [_defenses("{name: defensive_augmentation, params: {preset: cifar10}}")]),
-        ],
-        phases=INVERSION_PHASES,
-        metrics=INVERSION_METRICS,
-        only={"per-class policy (Table 3)": ("cifar10",)},  # it names CIFAR-10's classes
-        note=INVERSION_NOTE,
-    ),
-    "inversion_dp": Table(
-        title="DP-SGD noise against gradient inversion: where the leakage stops",
-        attacks="[]",
-        rows=[("no defense", ["defenses=[]"]),
-              ("no defense, group norm", ["defenses=[]", "model.params.norm=group"]),  # the DP rows' model
-              *((f"DP-SGD sigma {s}", _dp(s)) for s in (0.001, 0.003, 0.01, 0.03, 0.1))],
-        phases=INVERSION_PHASES,
-        metrics=INVERSION_METRICS,
-        note=INVERSION_NOTE + (" One DP-SGD step on one image adds noise of std sigma * C to every parameter against a "
-                               "clipped gradient of norm at most C, so the levels at which reconstructions still leak "
-                               "sit far below the usual training noise multipliers."),
-    ),
-    "perturbation": Table(
-        title="Perturbation defenses against the global top-one attack",
-        attacks="[{name: top1_threshold}]",
-        rows=[
-            ("no defense", ["defenses=[]"]),
-            ("confidence regularization (r 1)", [_defenses("{name: confidence_regularization, params: {r: 1.0}}")]),
-            ("image perturbation (r 0.05)", [_defenses("{name: image_perturbation, params: {r: 0.05}}")]),
-            ("confidence perturbation (r 1)", [_defenses("{name: confidence_perturbation, params: {r: 1.0}}")]),
-            # in the order of the query: pixels, then noise on the logits, then the clip (clipping first would
-            # leave a [-1, 1] range that the noise swamps)
-            ("all three", [_defenses("{name: image_perturbation, params: {r: 0.05}}",
-                                     "{name: confidence_perturbation, params: {r: 1.0}}",
-                                     "{name: confidence_regularization, params: {r: 1.0}}")]),
-        ],
-        metrics=[("target acc", "mia.top1_threshold_answered_non_member_acc"),
-                 ("top-one attack acc", "mia.top1_threshold_accuracy"), ("top-one AUC", "mia.top1_threshold_auc")],
-        note=("Ranges in this tool's units: logits clipped to [-1, 1]; pixel noise of +-0.05 on [0, 1] images; "
-              "logit noise of +-1. The slides combine regularization 1, image perturbation 0.5 and confidence "
-              "perturbation 15 in their own units (scores in percent, pixels in 0-255) at under 1 point of "
-              "accuracy; these are settings of like strength."),
-    ),
-}
+class _Phase(_Spec):
+    name: str
+    overrides: list[str] = []
+
+
+class _Metric(_Spec):
+    header: str
+    key: str
+
+
+class TableSpec(_Spec):
+    """The schema of a ``<name>.table.yaml`` file."""
+
+    title: str
+    attacks: str
+    rows: list[_Cell] = Field(min_length=1)
+    metrics: list[_Metric] = Field(min_length=1)
+    columns: list[_Cell] = Field(default_factory=lambda: [_Cell(label="")], min_length=1)
+    note: str = ""
+    phases: list[_Phase] = Field(default_factory=lambda: [_Phase(name="")], min_length=1)
+    only: dict[str, list[str]] = {}
+
+
+def _spec_errors(spec: TableSpec) -> list[tuple[str, str]]:
+    """What the schema cannot say: unique labels, overrides of the ``--set`` form, metric keys that name a phase."""
+    from dfl.experiment import parse_override
+
+    errors: list[tuple[str, str]] = []
+    for part, key, names in (("rows", "label", [r.label for r in spec.rows]),
+                             ("columns", "label", [c.label for c in spec.columns]),
+                             ("phases", "name", [p.name for p in spec.phases]),
+                             ("metrics", "header", [m.header for m in spec.metrics])):
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                errors.append((f"{part}.{i}.{key}", f"{n!r} is given twice; each must be unique"))
+    sets = ([(f"rows.{i}", r.overrides) for i, r in enumerate(spec.rows)]
+            + [(f"columns.{i}", c.overrides) for i, c in enumerate(spec.columns)]
+            + [(f"phases.{i}", p.overrides) for i, p in enumerate(spec.phases)])
+    for where, texts in sets:
+        for j, text in enumerate(texts):
+            try:
+                parse_override(text)
+            except ConfigError as exc:
+                errors.append((f"{where}.overrides.{j}", exc.errors[0][1]))
+    if not isinstance(parse_override(f"attacks={spec.attacks}")[1], list):
+        errors.append(("attacks", f"{spec.attacks!r} is not a YAML list; write e.g. \"[{{name: loss}}]\" or \"[]\""))
+    phases = [p.name for p in spec.phases]
+    for i, m in enumerate(spec.metrics):
+        if m.header in _RESERVED:
+            errors.append((f"metrics.{i}.header", f"{m.header!r} is a column of table.csv already; rename it"))
+        phase, _, rest = m.key.rpartition(":")
+        part, _, name = rest.partition(".")
+        if not part or not name:
+            errors.append((f"metrics.{i}.key", f"{m.key!r} is not of the form part.key (e.g. mia.loss_auc)"))
+        elif phase not in phases:
+            known = ", ".join(repr(p) for p in phases)
+            errors.append((f"metrics.{i}.key", f"{m.key!r} reads phase {phase!r}, which is not one of the phases "
+                                               f"({known}); write {'phase:' if phases != [''] else ''}part.key"))
+    labels = [r.label for r in spec.rows]
+    for label, datasets in spec.only.items():
+        if label not in labels:
+            errors.append((f"only.{label}", f"{label!r} is not the label of a row"))
+        elif not datasets:
+            errors.append((f"only.{label}", "lists no data set; remove the row instead"))
+    return errors
+
+
+def load_table(path: str | Path) -> Table:
+    """Read and validate one table file; a :class:`ConfigError` names the file and the field."""
+    from dfl.experiment import read_yaml
+    from dfl.registry import pydantic_errors
+
+    raw = read_yaml(path)
+    try:
+        spec = TableSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(pydantic_errors(exc), source=str(path)) from None
+    errors = _spec_errors(spec)
+    if errors:
+        raise ConfigError(errors, source=str(path))
+    return Table(title=spec.title, attacks=spec.attacks,
+                 rows=[(r.label, list(r.overrides)) for r in spec.rows],
+                 metrics=[(m.header, m.key) for m in spec.metrics],
+                 columns=[(c.label, list(c.overrides)) for c in spec.columns],
+                 note=spec.note,
+                 phases=[(p.name, list(p.overrides)) for p in spec.phases],
+                 only={label: tuple(datasets) for label, datasets in spec.only.items()})
+
+
+def _installed_dir() -> Path | None:
+    """The folder of table files a wheel installed (``<prefix>/share/dfl-sim/tables``), found from its RECORD."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("dfl-sim").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if tuple(f.parts[-4:-1]) == SHARE:
+            return Path(str(f.locate())).resolve().parent
+    return None
+
+
+def shipped_dirs() -> list[tuple[str, Path]]:
+    """The folder of the tables that come with dfl-sim: the checkout's experiments/tables, else the wheel's copy."""
+    checkout = ROOT / "experiments" / "tables"
+    if checkout.is_dir():
+        return [("checkout", checkout)]
+    installed = _installed_dir()
+    return [("installed", installed)] if installed is not None and installed.is_dir() else []
+
+
+def search_path(tables_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Every folder searched for tables and base experiments, first first, each with where it came from."""
+    dirs: list[tuple[str, Path]] = []
+    if tables_dir is not None:
+        if not Path(tables_dir).is_dir():
+            raise ConfigError([("--tables", f"{str(tables_dir)!r} is not a directory; give the folder holding "
+                                            f"the <name>{SUFFIX} files")])
+        dirs.append(("--tables", Path(tables_dir)))
+    for part in os.environ.get(ENV, "").split(os.pathsep):
+        if part:
+            if not Path(part).is_dir():
+                raise ConfigError([(ENV, f"{part!r} is not a directory; set it to folders of <name>{SUFFIX} files "
+                                         f"separated by {os.pathsep!r}, or unset it")])
+            dirs.append((ENV, Path(part)))
+    return dirs + shipped_dirs()
+
+
+def find_tables(tables_dir: str | Path | None = None, *,
+                dirs: list[tuple[str, Path]] | None = None) -> dict[str, TableFile]:
+    """Every table on the search path by name (sorted), each from the first folder that has it."""
+    found: dict[str, TableFile] = {}
+    for source, folder in dirs if dirs is not None else search_path(tables_dir):
+        for p in sorted(folder.glob(f"*{SUFFIX}")):
+            name = p.name[: -len(SUFFIX)]
+            if name and p.is_file() and name not in found:
+                found[name] = TableFile(name, p, source)
+    return dict(sorted(found.items()))
+
+
+def find_base(base: str, dirs: list[tuple[str, Path]]) -> tuple[Path, str]:
+    """Base experiment ``<base>.yaml`` from the first folder that has it, and where it came from."""
+    for source, folder in dirs:
+        if (folder / f"{base}.yaml").is_file():
+            return folder / f"{base}.yaml", source
+    where = ", ".join(str(d) for _, d in dirs) or "no folder"
+    raise ConfigError([("--base", f"base experiment {base}.yaml is in none of the table folders ({where}); "
+                                  f"add it to one of them")])
+
+
+def list_tables(tables_dir: str | Path | None = None) -> list[tuple[TableFile, Table]]:
+    """Every table on the search path, loaded (a malformed file is a :class:`ConfigError`)."""
+    return [(f, load_table(f.path)) for f in find_tables(tables_dir).values()]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TABLES":  # the shipped tables, by name; loaded on first use
+        tables = {n: load_table(f.path) for n, f in find_tables(dirs=shipped_dirs()).items()}
+        globals()["TABLES"] = tables
+        return tables
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _value(summary: dict[str, Any], key: str) -> float:
@@ -187,15 +284,22 @@ def _phase_value(summaries: dict[str, dict[str, Any]], key: str) -> float:
 
 def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] | None = None,
               out_dir: str | Path | None = None, on_run: Callable[[str, int, int], None] | None = None,
-              jobs: int = 1, base: str | None = None) -> Path:
+              jobs: int = 1, base: str | None = None, tables_dir: str | Path | None = None) -> Path:
     """Run table ``name`` on ``dataset`` over ``seeds`` seeds; returns the folder holding its report.md.
 
-    ``jobs``: runs at once, each in its own process (:func:`dfl.api.run_all`); the figures do not depend on it."""
+    ``jobs``: runs at once, each in its own process (:func:`dfl.api.run_all`); the figures do not depend on it.
+    ``tables_dir``: a folder searched for the table and the base experiment before ``$DFL_SIM_TABLES`` and
+    the shipped ones."""
     from dfl import api
     from dfl.experiment import load_config
 
-    if name not in TABLES:
-        raise ConfigError([("table", f"unknown table {name!r}; choose one of {', '.join(TABLES)}")])
+    dirs = search_path(tables_dir)
+    found = find_tables(dirs=dirs)
+    if name not in found:
+        where = ", ".join(str(d) for _, d in dirs) or "no folder"
+        raise ConfigError([("table", f"unknown table {name!r}; choose one of {', '.join(found) or '(none)'} "
+                                     f"(<name>{SUFFIX} files in {where}; `dfl-sim table --list` lists them)")])
+    table = load_table(found[name].path)
     if base is not None and base not in BASES:
         raise ConfigError([("--base", f"unknown base experiment {base!r}; choose one of {', '.join(BASES)}")])
     base = base or (dataset if dataset in BASES else "cifar10")
@@ -212,10 +316,12 @@ def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] |
         raise ConfigError([("--seeds", f"must be at least 1, got {seeds}")])
     if out_dir is not None:
         check_out_dir(Path(out_dir), "--out")
-    table = TABLES[name]
-    config = ROOT / "experiments" / "tables" / f"{base}.yaml"
+    config, config_source = find_base(base, dirs)
     common = [*swap, f"attacks={table.attacks}", *(overrides or [])]
     rows = [(row, sets) for row, sets in table.rows if dataset in table.only.get(row, (dataset,))]
+    if not rows:
+        raise ConfigError([("--dataset", f"no row of table {name!r} runs on {dataset!r} (see the table's `only`)")],
+                          source=str(found[name].path))
     cells = [(row, col, [*row_sets, *col_sets]) for row, row_sets in rows for col, col_sets in table.columns]
     base_cfg = load_config(config, common)
     # every cell must be valid (and fit the jobs) before anything runs
@@ -229,19 +335,24 @@ def run_table(name: str, dataset: str, *, seeds: int = 2, overrides: list[str] |
     runs: list[dict[str, Any]] = []
     for row, col, _ in cells:
         for s in range(seeds):
-            summaries = {}
+            summaries: dict[str, dict[str, Any]] = {}
             for phase, _ in table.phases:
                 res = next(results)
                 summaries[phase] = {"summary": res.summary, "run_dir": res.run_dir.name}
             runs.append({"row": row, "column": col, "seed": base_cfg.seed + s,
                          "run_dir": " ".join(v["run_dir"] for v in summaries.values()),
                          **{h: _phase_value(summaries, k) for h, k in table.metrics}})
-    _write(out, name, dataset, base, table, [r for r, _ in rows], runs, seeds)
+    # shipped files are named as in the checkout; others by their path
+    command = f"`dfl-sim table {name} --dataset {dataset} --seeds {seeds}`"
+    if found[name].source not in SHIPPED:
+        command += f" (table file `{found[name].path}`)"
+    on = f"experiments/tables/{base}.yaml" if config_source in SHIPPED else str(config)
+    _write(out, command, on, dataset, base, table, [r for r, _ in rows], runs, seeds)
     return out
 
 
-def _write(out: Path, name: str, dataset: str, base: str, table: Table, rows: list[str], runs: list[dict[str, Any]],
-           seeds: int) -> None:
+def _write(out: Path, command: str, on: str, dataset: str, base: str, table: Table, rows: list[str],
+           runs: list[dict[str, Any]], seeds: int) -> None:
     with open(out / "table.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(runs[0]))
         w.writeheader()
@@ -249,7 +360,7 @@ def _write(out: Path, name: str, dataset: str, base: str, table: Table, rows: li
     headers = [h for h, _ in table.metrics]
     cols = [c for c, _ in table.columns]
     lines = [f"# {table.title}", "",
-             f"`dfl-sim table {name} --dataset {dataset} --seeds {seeds}` on `experiments/tables/{base}.yaml`"
+             f"{command} on `{on}`"
              + (f" with `data.dataset={{name: {dataset}}}`" if dataset != base else "") + "; "
              f"mean ± std over {seeds} seed(s); every run is under `runs/`.", ""]
     head = (["defense", "topology"] if cols != [""] else ["defense"]) + headers
@@ -264,9 +375,9 @@ def _write(out: Path, name: str, dataset: str, base: str, table: Table, rows: li
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows[1:]:
         for col in cols:
-            base = {r["seed"]: r for r in runs if r["row"] == rows[0] and r["column"] == col}
+            first = {r["seed"]: r for r in runs if r["row"] == rows[0] and r["column"] == col}
             cell = [r for r in runs if r["row"] == row and r["column"] == col]
-            deltas = [[r[h] - base[r["seed"]][h] for r in cell] for h in headers]
+            deltas = [[r[h] - first[r["seed"]][h] for r in cell] for h in headers]
             vals = [f"{np.mean(d):+.3f} ± {np.std(d):.3f}" for d in deltas]
             lines.append("| " + " | ".join([row, col] if col else [row]) + " | " + " | ".join(vals) + " |")
     if table.note:
