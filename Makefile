@@ -27,8 +27,9 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/dfl-sim run $(EXAMPLE)
 
-## run the test suite
+## check the import layers (.importlinter), then run the test suite
 test: install-dev
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -n 2
 
 lint: install-dev

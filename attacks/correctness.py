@@ -11,7 +11,8 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from attacks.metric import MetricAttack, correctness
+from attacks.metric import MetricAttack
+from dfl.metrics.signals import correctness
 from dfl.registries import ATTACKS
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from attacks.metric import MetricAttack, MetricParams, loss
+from attacks.metric import MetricAttack, MetricParams
+from dfl.metrics.signals import loss
 from dfl.registries import ATTACKS
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from attacks.metric import MetricAttack, MetricParams, modified_entropy
+from attacks.metric import MetricAttack, MetricParams
+from dfl.metrics.signals import modified_entropy
 from dfl.registries import ATTACKS
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from attacks.metric import MetricAttack, MetricParams, top1
+from attacks.metric import MetricAttack, MetricParams
+from dfl.metrics.signals import top1
 from dfl.registries import ATTACKS
 
 

@@ -39,6 +39,7 @@ from defenses.phash import phash
 from defenses.phash_index import PHashIndex
 from dfl.defense import DefenseContext, QueryDefense
 from dfl.metrics.membership import best_threshold
+from dfl.metrics.signals import entropy, loss, modified_entropy, top1
 from dfl.registries import DEFENSES
 from dfl.seeding import AUGMIXCLOAK_TUNE, derive_seed
 
@@ -327,7 +328,6 @@ class AugMixCloak(QueryDefense):
         hashes = phash(u8)
         match = self.index.lookup(hashes, p.radius)
         k = np.flatnonzero(match.found)
-        from attacks.metric import entropy, loss, modified_entropy, top1
 
         # membership scores (higher = more member-like) of the metric attacks the node simulates
         signals = {"loss": loss, "confidence": top1, "entropy": entropy, "modified_entropy": modified_entropy}

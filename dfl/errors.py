@@ -6,6 +6,8 @@ one paragraph and exits with code 2. A message says what was given, what is allo
 
 from __future__ import annotations
 
+import signal
+
 
 class DflError(Exception):
     """Base class: a problem the user can fix; printed without a traceback."""
@@ -73,7 +75,6 @@ class Terminated(KeyboardInterrupt):
 
 def raise_terminated(signum: int, frame: object) -> None:
     """SIGTERM handler: raise :class:`Terminated` once; later SIGTERMs are ignored while the run winds down."""
-    import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from dfl.adversary.targets import target_errors
+from dfl.attack import target_errors
 from dfl.config import ExperimentConfig
 from dfl.errors import ConfigError
 from dfl.plugins import load_plugins

@@ -8,6 +8,9 @@ names raise with the sorted list of known ones.
 from __future__ import annotations
 
 import inspect
+import re
+import reprlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -91,8 +94,6 @@ class Registry(Generic[T]):
 
 def _first_line(name: str, obj: object) -> str:
     """The first docstring line of a one-entry module named after the entry, else of the object itself."""
-    import re
-    import sys
 
     module_name = getattr(obj, "__module__", "") or ""
     module = sys.modules.get(module_name)
@@ -124,7 +125,6 @@ def short_repr(value: Any, limit: int = 80) -> str:
     ``reprlib`` stops at a few items per level, so a list of a billion values (a YAML alias bomb) costs
     no more to show than a short one.
     """
-    import reprlib
 
     r = reprlib.Repr()
     r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 6, limit, limit

@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 
 from dfl.config import ExperimentConfig
+from dfl.metrics.membership import ROC_POINTS
 
 Record = dict[str, Any]
 
@@ -194,8 +195,6 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
 
     mia = [r for r in records if r["kind"] == "mia"]
     if mia:
-        from dfl.adversary.membership import ROC_POINTS
-
         last = max(r["round"] for r in mia)
         fig, ax = plt.subplots(figsize=(5.5, 5))
         for r in (r for r in mia if r["round"] == last):

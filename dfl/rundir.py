@@ -8,6 +8,7 @@ config and seed write byte-identical files.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -207,7 +208,6 @@ class RunDir:
 
     def save_checkpoint(self, round_done: int, snaps: list[dict[str, Any]]) -> None:
         """Every node's state after ``round_done`` rounds, and where metrics.jsonl ended then."""
-        import io
 
         buf = io.BytesIO()
         torch.save({"round": round_done, "metrics_bytes": self.metrics_size(), "participants": snaps}, buf)

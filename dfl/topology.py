@@ -20,6 +20,8 @@ import numpy as np
 from dfl.config import ExperimentConfig
 from dfl.errors import ConfigError
 from dfl.mixing import FloatArray, adjacency_matrix, check_mixing_matrix
+from dfl.plugins import load_plugins
+from dfl.registries import AGGREGATORS, TOPOLOGIES
 from dfl.seeding import LINK_FAILURE, TOPOLOGY
 
 #: epochs of a resampled topology that ``check_topology`` builds and checks for connectivity
@@ -27,8 +29,6 @@ CHECKED_EPOCHS = 5
 
 
 def _registries() -> tuple[Any, Any]:
-    from dfl.plugins import load_plugins
-    from dfl.registries import AGGREGATORS, TOPOLOGIES
 
     load_plugins()
     return TOPOLOGIES, AGGREGATORS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import tarfile
 import zipfile
@@ -503,3 +504,34 @@ def test_channel_stats_and_to_float() -> None:
     const = np.full((2, 1, 2, 2), 7, np.uint8)
     m, s = channel_stats(const)
     assert s[0] == 0 and torch.all(to_float(const, m, s) == 0)
+
+
+def test_digits_cache_hit_equals_a_fresh_split_and_skips_scikit_learn(tmp_path: Path) -> None:
+    """The cached digits split is the split itself (arrays, dtypes, classes), and reading it back
+    imports no scikit-learn (the start-up time it saves)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from pathlib import Path
+from dfl.data.digits import Digits, DigitsParams
+d = Digits(DigitsParams(test_fraction=0.3), Path('.'))
+data = d.load()
+print('sklearn' in sys.modules, data.x_train.dtype, data.y_train.dtype, len(data.x_train), data.classes[-1])
+"""
+    env = {**os.environ, "DFL_SIM_CACHE": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert first.stdout.split()[0] == "True" and second.stdout.split()[0] == "False"
+    assert first.stdout.split()[1:] == second.stdout.split()[1:] == ["uint8", "int64", "1257", "9"]
+    from dfl.data.digits import Digits, DigitsParams
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DFL_SIM_CACHE", str(tmp_path))
+        d = Digits(DigitsParams(test_fraction=0.3), Path("."))
+        hit, fresh = d.load(), d._split()
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(hit, key), getattr(fresh, key))
+        assert getattr(hit, key).dtype == getattr(fresh, key).dtype
+    assert hit.classes == fresh.classes

@@ -8,13 +8,13 @@ import torch
 
 from attacks.base import Labelled
 from attacks.correctness import Correctness
-from attacks.metric import modified_entropy
 from dfl import api
 from dfl.adversary.membership import scheduled
 from dfl.cli import main
 from dfl.config import AttackSpec
 from dfl.experiment import parse_config
 from dfl.metrics.membership import decision_metrics
+from dfl.metrics.signals import modified_entropy
 from dfl.rundir import RunDir
 
 
@@ -135,8 +135,8 @@ def test_compare_table_has_attack_metrics(tiny, write_cfg, tmp_path):
 
 def test_null_test_on_a_trained_model():
     """Loss scores of two disjoint sets of non-members, one called 'members': AUC 0.5 +- 0.03."""
-    from attacks.metric import loss
     from dfl.metrics.membership import mia_metrics
+    from dfl.metrics.signals import loss
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

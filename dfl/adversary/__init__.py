@@ -1,8 +1,10 @@
 """The adversary: what attackers do with what they see, and how it is scored.
 
 ``membership`` runs membership-inference attacks (``kind: mia`` records), ``inversion`` gradient
-inversion (``kind: inversion``), ``targets`` holds the attack schedule and the one rule for targets,
-``gradients`` the pieces inversion attacks share, ``reference`` the recognisability classifier.
+inversion (``kind: inversion``), ``gradients`` the pieces inversion attacks share, ``reference`` the
+recognisability classifier. When an attack runs and whom it may target is the attack contract's
+(:func:`dfl.attack.scheduled`, :func:`dfl.attack.round_targets`, checked at validate time by
+:func:`dfl.attack.target_errors`).
 :func:`observers` builds what a config asks for; the round loop hands them every round's shared states.
 The ground truth stays here, with the scorers: attacks (``attacks/``) see only an ``AdversaryView``.
 """
@@ -19,7 +21,7 @@ from dfl.deprecation import moved
 def observers(cfg: ExperimentConfig, population: Any, plots: Path | None) -> list[Any]:
     """The round observers ``cfg.attacks`` asks for: a membership ``Adversary`` if any attack is a
     membership attack, an ``Inverter`` if any is an inversion (its image grids go to ``plots``)."""
-    # here, not at the top: validating a config imports dfl.adversary.targets, which needs no scorer
+    # here, not at the top: importing the package for observers() alone keeps the scorers' imports lazy
     from dfl.adversary.inversion import Inverter, is_inversion
     from dfl.adversary.membership import Adversary
 
@@ -31,4 +33,4 @@ def observers(cfg: ExperimentConfig, population: Any, plots: Path | None) -> lis
     return found
 
 
-__getattr__ = moved(__name__, "dfl.adversary.membership", "dfl.adversary.targets")
+__getattr__ = moved(__name__, "dfl.adversary.membership", "dfl.attack")

@@ -34,14 +34,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from dfl.adversary.targets import round_targets, scheduled
-from dfl.attack import InversionAttack
+from dfl.adversary.gradients import pseudo_gradient
+from dfl.adversary.reference import reference_classifier
+from dfl.attack import InversionAttack, round_targets, scheduled
 from dfl.config import AttackSpec, ExperimentConfig
 from dfl.federation.participant import flatten_into_views, load_flat, local_batches
 from dfl.federation.population import Population
-from dfl.metrics.images import pair
+from dfl.metrics.images import mse, pair, psnr, ssim, to_pixels
 from dfl.registries import ATTACKS
 from dfl.seeding import INVERSION, derive_seed
+from dfl.topology import build_mixing
 
 Record = dict[str, Any]
 
@@ -68,7 +70,6 @@ class Inverter:
 
     def reference(self) -> tuple[nn.Module, float]:
         if self._reference is None:
-            from dfl.adversary.reference import reference_classifier
 
             self._reference = reference_classifier(self.population.data)
         return self._reference
@@ -97,7 +98,6 @@ class Inverter:
         if round_idx == 0 or self._previous is None:
             return exact  # the initial model is common knowledge
         graph, prev = self._previous
-        from dfl.topology import build_mixing
 
         W = build_mixing(self.cfg, graph, self.population.sample_counts())
         known = sorted({a, *graph.neighbors(a)})
@@ -109,8 +109,6 @@ class Inverter:
 
     def _attack_one(self, i: int, spec: AttackSpec, attack: InversionAttack, a: int, v: int, round_idx: int,
                     shared: torch.Tensor, starts: torch.Tensor) -> Record:
-        from dfl.adversary.gradients import pseudo_gradient
-        from dfl.metrics.images import mse, psnr, ssim
 
         pop, t = self.population, self.cfg.training
         knowledge = getattr(attack.params, "knowledge", "exact")
@@ -168,7 +166,6 @@ def save_grid(path: Path, originals: torch.Tensor, recon: torch.Tensor, mean: np
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dfl.metrics.images import to_pixels
 
     top, bottom = to_pixels(originals, mean, std), to_pixels(recon, mean, std)
     n = len(top)

@@ -19,18 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from dfl.adversary.targets import round_targets, scheduled
-from dfl.attack import AdversaryView, Labelled, MembershipAttack, probabilities
+from dfl.attack import AdversaryView, Labelled, MembershipAttack, probabilities, round_targets, scheduled
 from dfl.config import AttackSpec, ExperimentConfig
 from dfl.defense import defended_query
 from dfl.federation.participant import flatten_into_views, load_flat
 from dfl.federation.population import Population
-from dfl.metrics.membership import mia_metrics
+from dfl.metrics.membership import ROC_POINTS, mia_metrics
 from dfl.registries import ATTACKS
 from dfl.seeding import MIA_SAMPLE, QUERY, torch_generator
 
 Record = dict[str, Any]
-ROC_POINTS = np.r_[0.0, np.logspace(-3, 0, 40)]  # FPR grid the ROC curve is stored on
 
 
 def _query_api(victim_model: Any, j: int, chain: list[Any], g: torch.Generator) -> Any:

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 import warnings
 from functools import partial
 from typing import Any
@@ -24,10 +28,12 @@ import networkx as nx
 import numpy as np
 import torch
 
+from dfl.engines.serial import evaluate_all
 from dfl.errors import ConfigError, EngineFault, ParticipantError, Terminated
 from dfl.federation.engine import Engine, default_threads, guarded
 from dfl.federation.population import Population
 from dfl.mixing import gossip
+from dfl.topology import build_graph
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
@@ -86,9 +92,6 @@ def check_address(address: str) -> None:
     then asks the GCS for its cluster id from a child process that is killed after ``PROBE_TIMEOUT_S``
     (a port that answers but is not a Ray GCS). Both fail in well under 30 s.
     """
-    import socket
-    import subprocess
-    import sys
 
     host, port = split_address(address)
     fix = "start the cluster first (ray start --head --port PORT) or fix the address"
@@ -154,7 +157,6 @@ class ShardHost:
         return new.cpu().numpy()
 
     def evaluate(self, splits: list[str], round_idx: int | None) -> list[dict[str, float]]:
-        from dfl.engines.serial import evaluate_all
 
         return [guarded("evaluating", i, round_idx, partial(evaluate_all, p, splits))
                 for i, p in self.participants.items()]
@@ -199,7 +201,6 @@ class RayEngine(Engine):
                     signal.signal(signal.SIGTERM, sigterm)
             self._owns_ray = True
         self.threads = default_threads(population.cfg.engine.threads)
-        from dfl.topology import build_graph
 
         self.shards = place(build_graph(population.cfg, 0), self._n_actors())
         self._where = {i: (s, k) for s, ids in enumerate(self.shards) for k, i in enumerate(ids)}
@@ -322,7 +323,6 @@ class RayEngine(Engine):
         given up on (``EngineFault`` with ``recoverable=False``): the run stops with its last checkpoint
         intact, to be resumed later.
         """
-        import time
 
         deadline = time.monotonic() + RECOVER_TIMEOUT_S
         for s, actor in enumerate(self.actors):
@@ -341,7 +341,6 @@ class RayEngine(Engine):
 
     def _replace(self, n_actors: int) -> None:
         """Kill every actor and place all shards anew on ``n_actors`` fresh ones."""
-        from dfl.topology import build_graph
 
         for a in self.actors:
             self.ray.kill(a, no_restart=True)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfl.config import TrainingConfig
+from dfl.defense import defended_query
 from dfl.mixing import gossip_row
 from dfl.seeding import LOCAL_TRAIN, QUERY, TRAIN_DEFENSE, torch_generator
 
@@ -228,7 +229,6 @@ class Participant:
 
         Randomised defenses draw from a stream of ``(seed, node, query number)``.
         """
-        from dfl.defense import defended_query
 
         self._queries += 1
         g = torch_generator(self.seed, QUERY, self.node_id, self._queries)

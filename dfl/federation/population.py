@@ -19,14 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from dfl.config import ExperimentConfig, InitConfig
+from dfl.config import ExperimentConfig, InitConfig, defended_nodes
 from dfl.data import ImageData, Splits, channel_stats, load_dataset, make_splits, to_float
-from dfl.defense import ShareDefense, TrainingDefense
+from dfl.defense import DefenseContext, QueryDefense, ShareDefense, TrainingDefense
 from dfl.errors import ConfigError
 from dfl.federation.participant import Participant, Split, shared_tensors
 from dfl.models import build_model
+from dfl.registries import DEFENSES
 from dfl.rundir import RunDir
 from dfl.seeding import EVAL_SUBSET, MODEL_INIT, derive_seed, numpy_rng
+from dfl.topology import base_graph, epoch_of
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,10 +154,6 @@ class Population:
         """Node ``node_id``'s defenses of one hook point (a ``dfl.defense`` base class), in config order."""
         if not self.cfg.defenses:
             return []
-        from dfl.config import defended_nodes
-        from dfl.defense import DefenseContext
-        from dfl.registries import DEFENSES
-        from dfl.topology import base_graph
 
         neighbours = tuple(sorted(base_graph(self.cfg, 0).neighbors(node_id)))
         ctx = DefenseContext(node_id, self.cfg.seed, self.data.num_classes, self.mean, self.std, neighbours,
@@ -180,7 +178,6 @@ class Population:
         """Sorted ids of every node adjacent to ``node_id`` in the base graph of some topology epoch up to
         round ``round_idx``'s (without resampling: the round-0 neighbours). Kept per node and extended
         epoch by epoch, so a run that calls it every round builds each epoch's graph once."""
-        from dfl.topology import base_graph, epoch_of
 
         epoch = epoch_of(self.cfg, round_idx)
         seen, met = self._met.get(node_id, (-1, frozenset()))
@@ -204,7 +201,6 @@ class Population:
 
     def query_defenses(self, node_id: int) -> list[Any]:
         """Node ``node_id``'s query-time defenses."""
-        from dfl.defense import QueryDefense
 
         return self.defenses(node_id, QueryDefense)
 

@@ -12,7 +12,6 @@ from typing import TypeAlias
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 Stats: TypeAlias = Sequence[float] | np.ndarray | torch.Tensor | None
 """Per-channel ``mean`` or ``std`` of the normalisation, ``(C,)``; ``None``: images are already in [0, 1]."""
@@ -96,6 +95,9 @@ def pair(recon: torch.Tensor | np.ndarray, originals: torch.Tensor | np.ndarray,
     ``originals: (M, C, H, W)`` may hold more images than ``recon: (B, C, H, W)`` (``M >= B``): the
     inversion scorer pairs against the victim's whole round of training images.
     """
+    # here, not at the top: scipy.optimize costs about 0.6 s of start-up, and only inversion runs pair images
+    from scipy.optimize import linear_sum_assignment
+
     a, b = to_pixels(recon, mean, std), to_pixels(originals, mean, std)
     if a.shape[1:] != b.shape[1:] or len(b) < len(a):
         raise ValueError(f"cannot pair reconstructions {a.shape} with originals {b.shape}: need the same image "

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+ROC_POINTS = np.r_[0.0, np.logspace(-3, 0, 40)]  # the FPR grid a record's ROC curve (roc_tpr) is stored on
+
 
 def best_threshold(scores: np.ndarray, is_member: np.ndarray) -> float:
     """The threshold ``t`` maximising balanced accuracy ``(TPR + TNR) / 2`` of ``score >= t``.

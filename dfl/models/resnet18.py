@@ -6,7 +6,6 @@ from functools import partial
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torchvision.models import resnet18
 
 from dfl.models.base import AvgPoolTo, norm_layer
 from dfl.registries import MODELS
@@ -22,6 +21,9 @@ class ResNet18Params(BaseModel):
 def build(in_shape: tuple[int, int, int], num_classes: int, params: ResNet18Params) -> nn.Module:
     """``torchvision.models.resnet18(num_classes)``; stem swapped for 3x3/1 on small images;
     global pooling with deterministic CUDA kernels."""
+    # here, not at the top: torchvision.models costs about 2 s of start-up (it imports torch._dynamo)
+    from torchvision.models import resnet18
+
     model = resnet18(num_classes=num_classes, norm_layer=partial(_norm, params.norm))
     if params.small_input or in_shape[0] != 3:
         model.conv1 = nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False) if params.small_input else nn.Conv2d(

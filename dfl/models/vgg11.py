@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torchvision.models import vgg11
 
 from dfl.models.base import AvgPoolTo, norm_layer
 from dfl.registries import MODELS
@@ -22,6 +21,9 @@ class VGG11Params(BaseModel):
 @MODELS.register("vgg11", params=VGG11Params)
 def build(in_shape: tuple[int, int, int], num_classes: int, params: VGG11Params) -> nn.Module:
     """torchvision VGG-11 conv features (first conv adapted to C channels) -> global pool -> Linear(512)."""
+    # here, not at the top: torchvision.models costs about 2 s of start-up (it imports torch._dynamo)
+    from torchvision.models import vgg11
+
     features = vgg11().features
     layers: list[nn.Module] = []
     c = in_shape[0]

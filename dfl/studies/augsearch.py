@@ -34,8 +34,13 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from dfl.adversary.gradients import gradient_of
+from dfl.adversary.reference import reference_classifier
 from dfl.config import ExperimentConfig
+from dfl.data import channel_stats, to_float
 from dfl.defense import DefenseContext, TrainingDefense
+from dfl.federation.population import Population
+from dfl.models import build_model
 from dfl.plugins import load_plugins
 from dfl.registries import ATTACKS, DEFENSES
 from dfl.seeding import SEARCH, derive_seed
@@ -72,11 +77,6 @@ def search(cfg: ExperimentConfig, *, sigma: float = 0.5, max_grad_norm: float = 
            epochs: int = 5, images_per_class: int = 2, iterations: int = 600,
            log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score every (op, magnitude) and DP-SGD at ``sigma`` per class; return the tables and the best policy."""
-    from dfl.adversary.gradients import gradient_of
-    from dfl.adversary.reference import reference_classifier
-    from dfl.data import channel_stats, to_float
-    from dfl.federation.population import Population
-    from dfl.models import build_model
 
     load_plugins()
     inverter = ATTACKS.get("inverting_gradients")

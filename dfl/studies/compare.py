@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dfl.errors import ConfigError
 from dfl.experiment import load_config, parse_override
@@ -109,7 +112,6 @@ def compare(
         for m in (*COMPARE_METRICS, *extra):
             vals = [f[m] for f in finals if m in f]
             if vals:
-                import numpy as np
 
                 row[m] = float(np.mean(vals))
                 row[f"{m}_std"] = float(np.std(vals))
@@ -120,13 +122,11 @@ def compare(
 
 def _write_comparison(out: Path, axes: list[tuple[str, list[Any]]], rows: list[dict[str, Any]],
                       curves: dict[str, list[list[tuple[int, float]]]]) -> None:
-    import csv
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fields = list(rows[0])
     for r in rows[1:]:
