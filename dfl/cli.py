@@ -13,9 +13,13 @@ _T0 = time.perf_counter()
 import argparse  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 from dfl.errors import DflError, Terminated, raise_terminated  # noqa: E402
 
@@ -104,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -113,6 +115,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "list":
         return _list(args.family)
     if args.command == "validate":
+        # here, not at the top: `dfl-sim --help` and bad command lines answer before torch is imported
         from dfl.api import validate
 
         cfg = validate(args.config, args.sets)
@@ -131,8 +134,9 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 
 
 def _table(args: argparse.Namespace, console: Console) -> int:
+    # here, not at the top: `dfl-sim --help` and bad command lines answer before torch is imported
     from dfl.errors import ConfigError
-    from dfl.tables import find_tables, list_tables, run_table, search_path
+    from dfl.studies.tables import find_tables, list_tables, run_table, search_path
 
     if args.list:
         tables = list_tables(args.tables)
@@ -159,6 +163,7 @@ def _table(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    # here, not at the top: `dfl-sim --help` and bad command lines answer before torch is imported
     from dfl import api
     from dfl.errors import ConfigError
 
@@ -179,6 +184,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _compare(args: argparse.Namespace, console: Console) -> int:
+    # here, not at the top: `dfl-sim --help` and bad command lines answer before torch is imported
     from dfl import api
 
     def on_run(label: str, i: int, total: int) -> None:
@@ -186,7 +192,6 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
 
     res = api.compare(args.config, args.over, seeds=args.seeds, overrides=args.sets, out_dir=args.out, on_run=on_run,
                       jobs=args.jobs)
-    from rich.table import Table
 
     table = Table(title="comparison (mean ± std over seeds)")
     keys = [k for k in res.rows[0] if not k.endswith("_std") and k != "seeds"
@@ -205,8 +210,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def _search_augmentation(args: argparse.Namespace, console: Console) -> int:
-    from pathlib import Path
-
+    # here, not at the top: `dfl-sim --help` and bad command lines answer before torch is imported
     from dfl.api import validate
     from dfl.errors import ConfigError
     from dfl.plugins import load_plugins
@@ -245,7 +249,6 @@ class _progress:
     def __enter__(self) -> Any:
         if not self.show:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[info]}"), console=self.console, transient=False)
@@ -266,7 +269,6 @@ class _progress:
 
 
 def _summary_table(console: Console, summary: dict[str, Any]) -> None:
-    from rich.table import Table
 
     if not summary:
         return
@@ -303,14 +305,14 @@ def _summary_table(console: Console, summary: dict[str, Any]) -> None:
 
 
 def _list(family: str | None) -> int:
-    from rich.console import Console as C
     from rich.table import Table
 
+    # here, not at the top: `dfl-sim --help` and bad command lines answer before torch is imported
     from dfl.plugins import load_plugins
     from dfl.registries import FAMILIES as REG
 
     load_plugins()
-    out = C()
+    out = Console()
     for fam in [family] if family else FAMILIES:
         reg = REG[fam]
         table = Table(title=fam, show_lines=False)

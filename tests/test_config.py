@@ -18,7 +18,7 @@ def test_minimal_config_fills_defaults(tiny):
 
 def _shipped_configs():
     """Every experiment file, and every cell of every defense table, as ``(label, path, overrides)``."""
-    from dfl.tables import ROOT, TABLES
+    from dfl.studies.tables import ROOT, TABLES
 
     yield from ((p.name, p, []) for p in sorted((ROOT / "experiments").rglob("*.yaml"))
                 if not p.name.endswith(".table.yaml"))  # table definitions, not experiments

@@ -75,7 +75,7 @@ def test_the_pretrained_dp_script_attacks_each_trained_model(tiny, tmp_path):
 
     import yaml
 
-    from dfl.tables import ROOT
+    from dfl.studies.tables import ROOT
 
     raw = copy.deepcopy(tiny)
     raw["model"] = {"name": "cnn", "params": {"channels": [4, 8], "hidden": 16}}

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from dfl.cli import main
-from dfl.tables import TABLES
+from dfl.studies.tables import TABLES
 
 FAST = ["rounds=1", "training.local_epochs=2", "nodes=4", "data.samples_per_node=100"]
 
@@ -82,7 +82,7 @@ def test_bad_table_input_exits_2(args, needle, tmp_path, capsys):
 
 def test_every_table_cell_is_a_valid_experiment():
     from dfl import api
-    from dfl.tables import ROOT
+    from dfl.studies.tables import ROOT
 
     for table in TABLES.values():
         for row, row_sets in table.rows:
@@ -118,7 +118,7 @@ note: a note
 
 
 def test_the_shipped_table_files_hold_the_tables():
-    from dfl.tables import ROOT, SUFFIX, Table
+    from dfl.studies.tables import ROOT, SUFFIX, Table
 
     files = sorted(p.name.removesuffix(SUFFIX) for p in (ROOT / "experiments" / "tables").glob(f"*{SUFFIX}"))
     assert files == sorted(TABLES) == ["adamixup", "augmixcloak", "inversion", "inversion_dp", "perturbation"]
@@ -155,7 +155,7 @@ def test_the_shipped_table_files_hold_the_tables():
 
 
 def test_list_names_every_table(capsys, monkeypatch):
-    from dfl.tables import ROOT
+    from dfl.studies.tables import ROOT
 
     monkeypatch.delenv("DFL_SIM_TABLES", raising=False)
     assert main(["table", "--list"]) == 0
@@ -197,7 +197,7 @@ def test_a_table_file_of_ones_own_is_listed_and_runs(tiny, tmp_path, capsys, mon
 
 
 def test_tables_are_found_through_the_environment_and_the_option_comes_first(tiny, tmp_path, capsys, monkeypatch):
-    from dfl.tables import find_tables, search_path
+    from dfl.studies.tables import find_tables, search_path
 
     env = _user_dir(tmp_path / "env", tiny)
     (env / "perturbation.table.yaml").write_text(MINE.replace("My table", "My perturbation"))  # shadows the shipped one

@@ -161,9 +161,11 @@ class Inverter:
 def save_grid(path: Path, originals: torch.Tensor, recon: torch.Tensor, mean: np.ndarray, std: np.ndarray,
               title: str) -> None:
     """Originals above, reconstructions below, as one PNG."""
+    # here, not at the top: matplotlib costs about 0.7 s of start-up, and only the plots need it
     import matplotlib
 
     matplotlib.use("Agg")
+    # here, not at the top: matplotlib costs about 0.7 s of start-up, and only the plots need it
     import matplotlib.pyplot as plt
 
 

@@ -157,6 +157,7 @@ class Adversary:
         train_acc, holdout_acc = float(correct[truth].mean()), float(correct[~truth].mean())
         # the same samples through what the attacker was given (the query API behind the victim's defenses)
         answered = (outputs(data.x).argmax(1) == data.y).numpy()
+        # here, not at the top: scikit-learn costs about a second of start-up, and only scoring attacks needs it
         from sklearn.metrics import roc_curve
 
         fpr, tpr, _ = roc_curve(truth, result.scores)

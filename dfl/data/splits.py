@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from dfl.config import DataConfig
 from dfl.data.base import ImageData
@@ -123,7 +124,6 @@ def to_float(x_uint8: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Te
 
     A channel with ``std == 0`` (constant) is only centred, not scaled.
     """
-    import torch  # here, so that importing dfl.data (e.g. for `dfl-sim validate`) does not load torch
 
     x = torch.from_numpy(np.ascontiguousarray(x_uint8)).to(torch.float32).div_(255.0)
     m = torch.as_tensor(np.array(mean, dtype=np.float32)).reshape(-1, 1, 1)

@@ -127,6 +127,7 @@ def missing_message(tv: TvSet, root: Path, download_failed: str | None = None) -
 
 def from_torchvision(tv: TvSet, tv_root: Path, download: bool = False) -> ImageData:
     """Read both splits with ``torchvision.datasets.<tv_class>`` into uint8 ``(N, C, H, W)`` arrays."""
+    # here, not at the top: torchvision's datasets are needed only to read a torchvision-layout folder
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, tv.tv_class)

@@ -84,6 +84,7 @@ def require_flwr() -> ModuleType:
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     try:
+        # here, not at the top: flwr is the optional extra dfl-sim[flower], needed only by centralized runs
         import flwr
     except ImportError:
         raise ConfigError([("topology.name", MISSING_FLWR)]) from None
@@ -219,6 +220,7 @@ class FlowerEngine(Engine):
             self._rounds.put(("error", exc))
 
     def _run_simulation(self) -> int:
+        # here, not at the top: flwr is the optional extra dfl-sim[flower], needed only by centralized runs
         from flwr.app import Array, ArrayRecord, ConfigRecord
         from flwr.serverapp import ServerApp
         from flwr.simulation import run_simulation
@@ -359,6 +361,7 @@ def _ordered_fedavg(n_nodes: int) -> Any:
     to run) and drops failed replies; this one sorts the replies by dfl-sim node id, averages with
     :func:`fedavg`, keeps each node's training stats for the records, and raises if a client failed.
     """
+    # here, not at the top: flwr is the optional extra dfl-sim[flower], needed only by centralized runs
     from flwr.serverapp.strategy import FedAvg
 
     class OrderedFedAvg(FedAvg):  # type: ignore[misc]
@@ -369,6 +372,7 @@ def _ordered_fedavg(n_nodes: int) -> Any:
             self.rounds_done: list[int] = []
 
         def aggregate_train(self, server_round: int, replies: Any) -> tuple[ArrayRecord, MetricRecord]:
+            # here, not at the top: flwr is the optional extra dfl-sim[flower], needed only by centralized runs
             from flwr.app import Array, ArrayRecord, MetricRecord
 
             replies = list(replies)
@@ -434,6 +438,7 @@ def client_train(msg: Message, context: Context) -> Message:
 
     A module-level function so that Ray pickles it by reference and it sees this module's cache.
     """
+    # here, not at the top: flwr is the optional extra dfl-sim[flower], needed only by centralized runs
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
     conf = msg.content.config_records["config"]
@@ -456,6 +461,7 @@ def client_train(msg: Message, context: Context) -> Message:
 
 
 def _client_app() -> Any:
+    # here, not at the top: flwr is the optional extra dfl-sim[flower], needed only by centralized runs
     from flwr.clientapp import ClientApp
 
     app = ClientApp()

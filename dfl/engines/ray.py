@@ -54,6 +54,7 @@ def require_ray(local: bool = True) -> Any:
     if local:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
+        # here, not at the top: ray is the optional extra dfl-sim[ray], needed only by Ray runs
         import ray
         from ray._private import ray_constants
     except ImportError:

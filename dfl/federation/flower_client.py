@@ -125,6 +125,7 @@ class NumPyClientLearner:
 
     def evaluate(self, split: str) -> dict[str, float]:
         """``client.evaluate`` on the current parameters, with ``config["split"] = split``."""
+        # here, not at the top: flwr is the optional extra dfl-sim[flower], needed only by centralized runs
         from flwr.client import NumPyClient
 
         if getattr(type(self.client), "evaluate", None) is NumPyClient.evaluate:

@@ -76,6 +76,7 @@ def ssim(recon: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray, mea
     scikit-image's ``structural_similarity(data_range=1, channel_axis=0)``: a uniform 7x7 window (smaller
     for images under 7 px, see :func:`ssim_window`) and sample covariances.
     """
+    # here, not at the top: scikit-image costs start-up time, and only inversion scores SSIM
     from skimage.metrics import structural_similarity
 
     a, b = _pair(recon, truth, mean, std)

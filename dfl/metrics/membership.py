@@ -28,6 +28,7 @@ def best_threshold(scores: np.ndarray, is_member: np.ndarray) -> float:
     """
     s = np.asarray(scores, dtype=np.float64)
     m = np.asarray(is_member, dtype=bool)
+    # here, not at the top: scikit-learn costs about a second of start-up, and only scoring attacks needs it
     from sklearn.metrics import roc_curve
 
     if m.all():
@@ -88,6 +89,7 @@ def mia_metrics(scores: np.ndarray, is_member: np.ndarray, predicted: np.ndarray
         raise ValueError("the evaluation set needs both members and non-members")
     if not np.isfinite(s).all():
         raise ValueError("attack scores must be finite")
+    # here, not at the top: scikit-learn costs about a second of start-up, and only scoring attacks needs it
     from sklearn.metrics import roc_auc_score, roc_curve  # here: importing the plugins stays fast
 
     fpr, tpr, _ = roc_curve(m, s)
