@@ -1,6 +1,7 @@
 """The experiment as data: the schema, one pydantic model tree with ``extra="forbid"``.
 
-A leaf of the project: it imports nothing of dfl-sim but its errors. Reading a file, ``--set``
+A leaf of the project: it imports nothing of dfl-sim (``dfl.deprecation`` aside, which re-exports the
+loading functions that moved for one release). Reading a file, ``--set``
 overrides, plugin resolution and the checks that span fields live in :mod:`dfl.experiment`.
 """
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dfl.deprecation import moved
 
 
 class Strict(BaseModel):
@@ -170,3 +173,7 @@ def default_data_root() -> Path:
     """``$DFL_SIM_DATA`` or ``~/.cache/dfl-sim/data``."""
     env = os.environ.get("DFL_SIM_DATA")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dfl-sim" / "data"
+
+
+# read_yaml, parse_config, load_config, dump_config, ... moved to dfl.experiment (kept here for one release)
+__getattr__ = moved(__name__, "dfl.experiment")

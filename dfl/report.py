@@ -304,7 +304,12 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
 
 def write_outputs(out: Path, cfg: ExperimentConfig, records: list[Record], counts: np.ndarray,
                   histograms: np.ndarray, classes: list[str], graph: nx.Graph, extra: dict[str, Any]) -> dict[str, Any]:
-    """Write every output of a finished run; return the summary."""
+    """Write every output of a finished run; return the summary.
+
+    ``tables/`` and ``plots/`` are made if missing: a run directory copied by a tool that drops empty
+    folders (git, some sync tools) still finishes."""
+    for folder in ("tables", "plots"):
+        (out / folder).mkdir(exist_ok=True)
     summary = summarize(cfg, records, counts)
     summary.update(extra)
     write_tables(out, records, summary, histograms, classes)

@@ -17,6 +17,7 @@ from dfl.engines.ray import place, require_ray
 from dfl.errors import ParticipantError
 from dfl.experiment import parse_config
 from dfl.federation.population import Population
+from dfl.records import record_errors
 from dfl.rundir import RunDir
 
 pytest.importorskip("ray")
@@ -119,7 +120,7 @@ def test_killed_actor_is_restarted_from_the_last_checkpoint(local_ray, tiny, wri
     assert len(calls) > 3 and disturbed.status == "complete"
     faults = [r for r in RunDir(disturbed.run_dir).records() if r["kind"] == "fault"]
     assert len(faults) == 1 and faults[0]["round"] == 2 and faults[0]["resumed_from_round"] == 1
-    assert faults[0]["nodes"]
+    assert faults[0]["nodes"] and record_errors(faults[0]) == []
     assert _metrics(disturbed.run_dir, drop_faults=True) == _metrics(undisturbed.run_dir)
 
 

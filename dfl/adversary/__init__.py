@@ -33,4 +33,4 @@ def observers(cfg: ExperimentConfig, population: Any, plots: Path | None) -> lis
     return found
 
 
-__getattr__ = moved(__name__, "dfl.adversary.membership", "dfl.attack")
+__getattr__ = moved(__name__, "dfl.attack", "dfl.metrics.membership", "dfl.adversary.membership")

@@ -155,7 +155,8 @@ class NumPyClientPopulation(Population):
 
         pop = NumPyClientPopulation.wrap(Population.from_config(cfg), lambda i, pop: MyClient(i))
         engine = SerialEngine(pop)
-        for round_idx, records in Federation(cfg, pop, engine).rounds(): ...
+        fed = Federation(cfg, pop, engine)
+        fed.run()  # fed.records: every round's records
 
     ``client_fn`` must be picklable for engines that build participants in other processes.
     """

@@ -15,7 +15,8 @@ faults by rolling back to the last checkpoint, reports progress and stops early 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import networkx as nx
@@ -28,10 +29,10 @@ from dfl.federation.engine import Engine
 from dfl.federation.participant import shared_tensors
 from dfl.federation.population import Population
 from dfl.mixing import consensus_distance
+from dfl.records import EVAL, FAULT, ROUND, TRAIN, Record
 from dfl.rundir import RunDir
 from dfl.topology import build_graph, build_mixing
 
-Record = dict[str, Any]
 ProgressFn = Callable[[int, int, Record], None]
 
 
@@ -99,7 +100,7 @@ class Federation:
         graph = build_graph(self.cfg, round_idx)
         stats = self.engine.train(round_idx)
         shared = self.engine.share()
-        records: list[Record] = [{"round": r, "node": i, "kind": "train", **s} for i, s in enumerate(stats)]
+        records: list[Record] = [{"round": r, "node": i, "kind": TRAIN, **s} for i, s in enumerate(stats)]
         for obs in self.observers:
             records += obs.observe(round_idx, graph, shared, self._starts())
         new = self.engine.mix(self.mixing_matrix(graph), shared)
@@ -108,18 +109,32 @@ class Federation:
         summary: Record = {
             "round": r,
             "node": None,
-            "kind": "round",
+            "kind": ROUND,
             "edges": graph.number_of_edges(),
             "train_loss": float(np.mean([s["loss"] for s in stats])),
             "consensus_distance": consensus_distance(new),
         }
         if self.is_eval_round(round_idx):
             evals = self.engine.evaluate(list(self.cfg.eval.splits), round_idx)
-            records += [{"round": r, "node": i, "kind": "eval", **e} for i, e in enumerate(evals)]
+            records += [{"round": r, "node": i, "kind": EVAL, **e} for i, e in enumerate(evals)]
             for key in evals[0]:
                 summary[f"mean_{key}"] = float(np.mean([e[key] for e in evals]))
         records.append(summary)
         return records
+
+    def rounds(self, start: int = 0) -> Iterator[tuple[int, list[Record]]]:
+        """Deprecated (kept for one release): ``(round_idx, records)`` per round, after :meth:`run` has run
+        them all; use ``run()`` and ``records`` (or a ``sink``)."""
+        warnings.warn("Federation.rounds() is deprecated; call Federation.run() and read Federation.records "
+                      "(or pass sink=)", DeprecationWarning, stacklevel=2)
+        sink, seen = self.sink, len(self.records)
+        self.sink = self.records.extend
+        try:
+            self.run(start)
+        finally:
+            self.sink = sink
+        for round_idx in range(start, self.cfg.rounds):
+            yield round_idx, [r for r in self.records[seen:] if r["round"] == round_idx + 1]
 
     def run(self, start: int = 0, snaps: list[dict[str, Any]] | None = None, *, stop_after: int | None = None,
             t0: float | None = None) -> str:
@@ -186,7 +201,7 @@ class Federation:
             raise EngineFault(f"{lost}. The last checkpoint is intact: resume with `{rundir.resume_hint()}` once "
                               "the cluster has room") from None
         rundir.truncate_metrics(ckpt["metrics_bytes"])
-        rundir.append([{"round": round_idx + 1, "node": None, "kind": "fault", "nodes": list(fault.nodes),
+        rundir.append([{"round": round_idx + 1, "node": None, "kind": FAULT, "nodes": list(fault.nodes),
                         "error": str(fault), "resumed_from_round": ckpt["round"]}])
         self.starts = _states(ckpt["participants"])
         return int(ckpt["round"])

@@ -1,0 +1,82 @@
+"""The records of ``metrics.jsonl``: their kinds and keys, documented once.
+
+A run directory's ``metrics.jsonl`` holds one JSON object per line. Every record has ``round`` (1-based),
+``node`` (the node it is about, or ``null`` for the whole federation) and ``kind``; non-finite numbers
+are written as ``null`` and read back as NaN (:meth:`dfl.rundir.RunDir.records`). Within a round the
+records come in a fixed order: ``train`` per node, then what the observers add (``mia``, ``inversion``,
+``defense``), then ``eval`` per node in evaluation rounds, then the ``round`` summary
+(:meth:`dfl.federation.rounds.Federation.run_round`, the one record builder). A ``fault`` record
+marks a recovery.
+
+Keys beyond ``round``, ``node`` and ``kind``, by kind:
+
+``train``
+    ``loss`` (mean local training loss), ``steps`` (local steps taken); ``dp_epsilon`` for nodes that
+    run ``dp_sgd`` (Opacus's RDP epsilon for every local step so far).
+``eval``
+    ``{split}_acc`` and ``{split}_loss`` for each split of ``eval.splits`` (train, holdout, test).
+``round``
+    ``edges`` (live edges of the round's graph), ``train_loss`` (mean over nodes), ``consensus_distance``
+    (mean distance of the nodes' states to their average after mixing) and, in evaluation rounds,
+    ``mean_{split}_acc`` / ``mean_{split}_loss`` over nodes.
+``mia``
+    ``node`` is the victim. ``attacker``, ``attack``, ``access`` (query or params), ``members`` and
+    ``non_members`` (sample counts) and ``non_members_from``; the scores' ``auc``, ``tpr_at_1_fpr``,
+    ``tpr_at_0.1_fpr``, ``advantage``, ``roc_tpr`` (TPR on ``dfl.metrics.membership.ROC_POINTS``); the
+    oracle threshold's ``oracle_accuracy`` / ``_precision`` / ``_recall`` / ``_f1``; the all-member
+    ``baseline_accuracy`` / ``baseline_f1``; for calibrated attacks their own ``accuracy``,
+    ``precision``, ``recall``, ``f1`` (and ``threshold`` where there is one); the victim's
+    ``victim_train_acc``, ``victim_holdout_acc``, ``victim_gap`` and the accuracy of its answers on
+    members and non-members (``answered_member_acc``, ``answered_non_member_acc``).
+``inversion``
+    ``node`` is the victim. ``attacker``, ``attack``, ``knowledge`` (exact or observed start state),
+    ``update``, ``local_steps``, ``batch_size``, ``images_trained_on``; the reconstruction's ``mse``,
+    ``psnr``, ``ssim`` (after :func:`dfl.metrics.images.pair`), ``label_acc``, ``recognisability`` (the
+    reference classifier's accuracy on it, beside its ``reference_test_acc``), ``start_error``,
+    ``final_mismatch``, ``iterations`` and ``seconds`` (wall time: the one field that is not a
+    function of config and seed); ``grid`` names its image file when plots are on.
+``defense``
+    What a defense reports while it works: ``defense`` (its registered name) and the defense's own
+    keys (MemGuard's refits, AugMixCloak's tuned ``intensity`` and ``alpha``, ...).
+``fault``
+    ``nodes`` (the participants lost), ``error``, ``resumed_from_round`` (the checkpoint rolled back to).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Record = dict[str, Any]
+
+TRAIN, EVAL, ROUND, MIA, INVERSION, DEFENSE, FAULT = "train", "eval", "round", "mia", "inversion", "defense", "fault"
+
+COMMON = ("round", "node", "kind")
+
+#: the keys every record of a kind carries, beyond ``COMMON`` (``eval`` keys depend on ``eval.splits``)
+REQUIRED: dict[str, tuple[str, ...]] = {
+    TRAIN: ("loss", "steps"),
+    EVAL: (),
+    ROUND: ("edges", "train_loss", "consensus_distance"),
+    MIA: ("attacker", "attack", "access", "members", "non_members", "auc", "tpr_at_1_fpr", "tpr_at_0.1_fpr",
+          "advantage", "roc_tpr", "oracle_accuracy", "baseline_accuracy", "victim_train_acc", "victim_holdout_acc",
+          "victim_gap"),
+    INVERSION: ("attacker", "attack", "knowledge", "batch_size", "mse", "psnr", "ssim", "label_acc",
+                "recognisability", "iterations", "seconds"),
+    DEFENSE: ("defense",),
+    FAULT: ("nodes", "error", "resumed_from_round"),
+}
+
+#: fields that are not a function of config and seed (left out when runs are compared)
+WALL_CLOCK = {INVERSION: ("seconds",)}
+
+
+def record_errors(record: Record, splits: tuple[str, ...] = ("train", "holdout", "test")) -> list[str]:
+    """What ``record`` lacks of its kind's keys (``[]`` when it is well formed); ``splits``: ``eval.splits``."""
+    missing = [k for k in COMMON if k not in record]
+    kind = record.get("kind")
+    if kind not in REQUIRED:
+        return [*missing, f"unknown kind {kind!r}; known kinds: {', '.join(REQUIRED)}"]
+    need = list(REQUIRED[kind])
+    if kind == EVAL:
+        need += [f"{s}_{m}" for s in splits for m in ("acc", "loss")]
+    return missing + [k for k in need if k not in record]
