@@ -8,11 +8,8 @@ gradients with two iterations.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import pickle
-import re
 import sys
 from types import ModuleType
 from typing import Any
@@ -20,10 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conformance import check_defaults, defaults_fail, list_rows
 from conftest import TINY
 from torch import nn
 
-from dfl.errors import ConfigError
 from dfl.experiment import parse_config
 from dfl.plugins import load_plugins
 from dfl.registries import ATTACKS
@@ -38,7 +35,6 @@ REQUIRED: dict[str, dict[str, Any]] = {}
 FAST: dict[str, dict[str, Any]] = {"dlg": {"iterations": 2}, "idlg": {"iterations": 2},
                                    "inverting_gradients": {"iterations": 2}}
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 NUM_CLASSES = 4
 
 
@@ -62,32 +58,11 @@ def _attack(name: str) -> Any:
     return entry.obj(entry.parse_params({**REQUIRED.get(name, {}), **FAST.get(name, {})}))
 
 
-def _defaults_fail(entry: Any) -> bool:
-    try:
-        entry.parse_params({})
-    except ConfigError:
-        return True
-    return False
-
+# -------------------------------------------------------------------------------------- every attack
 
 @pytest.fixture(scope="module")
 def listing() -> dict[str, list[str]]:
-    """Rows of ``dfl-sim list attacks`` (run in-process, wide enough that no cell wraps) by name."""
-    from dfl.cli import main
-
-    buf = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(buf):
-        mp.setenv("COLUMNS", "1000")
-        assert main(["list", "attacks"]) == 0
-    rows = {}
-    for line in ANSI.sub("", buf.getvalue()).splitlines():
-        cells = [c.strip() for c in line.split("│")]
-        if len(cells) == 5 and cells[1]:
-            rows[cells[1]] = cells[1:4]
-    return rows
-
-
-# -------------------------------------------------------------------------------------- every attack
+    return list_rows("attacks")
 
 
 def test_every_attack_has_a_kind() -> None:
@@ -97,17 +72,11 @@ def test_every_attack_has_a_kind() -> None:
 
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_default_params_validate(name: str) -> None:
-    entry = ATTACKS.get(name)
-    if name in REQUIRED:
-        with pytest.raises(ConfigError):
-            entry.parse_params({})  # listed as needing params: it must really need them
-        entry.parse_params(REQUIRED[name])
-    else:
-        entry.parse_params({})
+    check_defaults(ATTACKS, REQUIRED, name)
 
 
 def test_attacks_needing_params_are_the_listed_ones() -> None:
-    assert {e.name for e in ATTACKS if _defaults_fail(e)} == set(REQUIRED)
+    assert {e.name for e in ATTACKS if defaults_fail(e)} == set(REQUIRED)
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())

@@ -7,11 +7,8 @@ on a batch and through one local step; query-time defenses on each of their thre
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import pickle
-import re
 import sys
 from types import ModuleType
 from typing import Any
@@ -19,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conformance import check_defaults, defaults_fail, list_rows
 from conftest import TINY
 from torch import nn
 
-from dfl.errors import ConfigError
 from dfl.experiment import parse_config
 from dfl.plugins import load_plugins
 from dfl.registries import DEFENSES
@@ -35,7 +32,6 @@ REQUIRED: dict[str, dict[str, Any]] = {
     "defensive_augmentation": {"op": "invert"},  # exactly one of preset, policy or op must be given
 }
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 NUM_CLASSES = 5
 _RNG = np.random.default_rng(0)
 _TRAIN = (_RNG.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8), _RNG.integers(0, NUM_CLASSES, 40))
@@ -102,32 +98,11 @@ def _assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> Non
         assert torch.equal(after[k], v), f"{k} changed"
 
 
-def _defaults_fail(entry: Any) -> bool:
-    try:
-        entry.parse_params({})
-    except ConfigError:
-        return True
-    return False
-
+# ------------------------------------------------------------------------------------- every defense
 
 @pytest.fixture(scope="module")
 def listing() -> dict[str, list[str]]:
-    """Rows of ``dfl-sim list defenses`` (run in-process, wide enough that no cell wraps) by name."""
-    from dfl.cli import main
-
-    buf = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(buf):
-        mp.setenv("COLUMNS", "1000")
-        assert main(["list", "defenses"]) == 0
-    rows = {}
-    for line in ANSI.sub("", buf.getvalue()).splitlines():
-        cells = [c.strip() for c in line.split("│")]
-        if len(cells) == 5 and cells[1]:
-            rows[cells[1]] = cells[1:4]
-    return rows
-
-
-# ------------------------------------------------------------------------------------- every defense
+    return list_rows("defenses")
 
 
 def test_every_defense_has_a_hook_kind() -> None:
@@ -137,17 +112,11 @@ def test_every_defense_has_a_hook_kind() -> None:
 
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_default_params_validate(name: str) -> None:
-    entry = DEFENSES.get(name)
-    if name in REQUIRED:
-        with pytest.raises(ConfigError):
-            entry.parse_params({})  # listed as needing params: it must really need them
-        entry.parse_params(REQUIRED[name])
-    else:
-        entry.parse_params({})
+    check_defaults(DEFENSES, REQUIRED, name)
 
 
 def test_defenses_needing_params_are_the_listed_ones() -> None:
-    assert {e.name for e in DEFENSES if _defaults_fail(e)} == set(REQUIRED)
+    assert {e.name for e in DEFENSES if defaults_fail(e)} == set(REQUIRED)
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())

@@ -7,10 +7,7 @@ using it validates, ``dfl-sim list`` shows it, and calling it leaves its inputs 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +15,10 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
+from conformance import check_defaults, defaults_fail, list_rows
 from conftest import TINY
 
-from dfl.errors import ConfigError, DataError
+from dfl.errors import DataError
 from dfl.experiment import parse_config
 from dfl.plugins import load_plugins
 from dfl.registries import AGGREGATORS, DATASETS, MODELS, PARTITIONERS
@@ -38,51 +36,12 @@ PARTITIONER_REQUIRED: dict[str, dict[str, Any]] = {
 MODEL_REQUIRED: dict[str, dict[str, Any]] = {}
 AGGREGATOR_REQUIRED: dict[str, dict[str, Any]] = {}
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def _defaults_fail(entry: Any) -> bool:
-    try:
-        entry.parse_params({})
-    except ConfigError:
-        return True
-    return False
-
-
-def _check_defaults(registry: Any, required: dict[str, dict[str, Any]], name: str) -> None:
-    entry = registry.get(name)
-    if name in required:
-        with pytest.raises(ConfigError):
-            entry.parse_params({})  # listed as needing params: it must really need them
-        entry.parse_params(required[name])
-    else:
-        entry.parse_params({})
-
-
-def _rows(text: str) -> dict[str, list[str]]:
-    """Table rows of ``dfl-sim list`` output by their first cell: ``name -> [name, parameters, description]``."""
-    rows = {}
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.split("│")]
-        if len(cells) == 5 and cells[1]:
-            rows[cells[1]] = cells[1:4]
-    return rows
 
 
 @pytest.fixture(scope="module")
 def listing() -> dict[str, dict[str, list[str]]]:
     """``dfl-sim list FAMILY`` per family, run in-process on a terminal wide enough that no cell wraps."""
-    from dfl.cli import main
-
-    out: dict[str, dict[str, list[str]]] = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COLUMNS", "1000")
-        for family in ("datasets", "partitioners", "models", "aggregators"):
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                assert main(["list", family]) == 0
-            out[family] = _rows(ANSI.sub("", buf.getvalue()))
-    return out
+    return {family: list_rows(family) for family in ("datasets", "partitioners", "models", "aggregators")}
 
 
 def _check_listed(listing: dict[str, dict[str, list[str]]], family: str, entry: Any) -> None:
@@ -108,11 +67,11 @@ def _config(**changes: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_dataset_default_params_validate(name: str) -> None:
-    _check_defaults(DATASETS, DATASET_REQUIRED, name)
+    check_defaults(DATASETS, DATASET_REQUIRED, name)
 
 
 def test_datasets_needing_params_are_the_listed_ones() -> None:
-    assert {e.name for e in DATASETS if _defaults_fail(e)} == set(DATASET_REQUIRED)
+    assert {e.name for e in DATASETS if defaults_fail(e)} == set(DATASET_REQUIRED)
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -157,11 +116,11 @@ def test_dataset_loads_or_reports_missing_files(name: str, tmp_path: Path, monke
 
 @pytest.mark.parametrize("name", PARTITIONERS.names())
 def test_partitioner_default_params_validate(name: str) -> None:
-    _check_defaults(PARTITIONERS, PARTITIONER_REQUIRED, name)
+    check_defaults(PARTITIONERS, PARTITIONER_REQUIRED, name)
 
 
 def test_partitioners_needing_params_are_the_listed_ones() -> None:
-    assert {e.name for e in PARTITIONERS if _defaults_fail(e)} == set(PARTITIONER_REQUIRED)
+    assert {e.name for e in PARTITIONERS if defaults_fail(e)} == set(PARTITIONER_REQUIRED)
 
 
 @pytest.mark.parametrize("name", PARTITIONERS.names())
@@ -196,11 +155,11 @@ def test_partitioner_deals_disjoint_indices_and_leaves_the_labels(name: str) -> 
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_model_default_params_validate(name: str) -> None:
-    _check_defaults(MODELS, MODEL_REQUIRED, name)
+    check_defaults(MODELS, MODEL_REQUIRED, name)
 
 
 def test_models_needing_params_are_the_listed_ones() -> None:
-    assert {e.name for e in MODELS if _defaults_fail(e)} == set(MODEL_REQUIRED)
+    assert {e.name for e in MODELS if defaults_fail(e)} == set(MODEL_REQUIRED)
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -235,11 +194,11 @@ def test_model_leaves_its_input_batch_unchanged(name: str) -> None:
 
 @pytest.mark.parametrize("name", AGGREGATORS.names())
 def test_aggregator_default_params_validate(name: str) -> None:
-    _check_defaults(AGGREGATORS, AGGREGATOR_REQUIRED, name)
+    check_defaults(AGGREGATORS, AGGREGATOR_REQUIRED, name)
 
 
 def test_aggregators_needing_params_are_the_listed_ones() -> None:
-    assert {e.name for e in AGGREGATORS if _defaults_fail(e)} == set(AGGREGATOR_REQUIRED)
+    assert {e.name for e in AGGREGATORS if defaults_fail(e)} == set(AGGREGATOR_REQUIRED)
 
 
 @pytest.mark.parametrize("name", AGGREGATORS.names())

@@ -6,19 +6,16 @@ from an entry-point plugin) is checked without touching this file.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import re
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import numpy as np
 import pytest
+from conformance import check_defaults, defaults_fail, list_rows
 from conftest import TINY
 
-from dfl.errors import ConfigError
 from dfl.experiment import parse_config
 from dfl.plugins import load_plugins
 from dfl.registries import TOPOLOGIES
@@ -40,7 +37,6 @@ REQUIRED: dict[str, dict[str, Any]] = {
     "torus": {"rows": 3},  # the lattice's shape
 }
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @pytest.fixture(autouse=True)
@@ -53,42 +49,16 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def listing() -> dict[str, list[str]]:
-    """Rows of ``dfl-sim list topologies`` (run in-process, wide enough that no cell wraps) by name."""
-    from dfl.cli import main
-
-    buf = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(buf):
-        mp.setenv("COLUMNS", "1000")
-        assert main(["list", "topologies"]) == 0
-    rows = {}
-    for line in ANSI.sub("", buf.getvalue()).splitlines():
-        cells = [c.strip() for c in line.split("│")]
-        if len(cells) == 5 and cells[1]:
-            rows[cells[1]] = cells[1:4]
-    return rows
-
-
-def _defaults_fail(entry: Any) -> bool:
-    try:
-        entry.parse_params({})
-    except ConfigError:
-        return True
-    return False
+    return list_rows("topologies")
 
 
 @pytest.mark.parametrize("name", TOPOLOGIES.names())
 def test_default_params_validate(name: str) -> None:
-    entry = TOPOLOGIES.get(name)
-    if name in REQUIRED:
-        with pytest.raises(ConfigError):
-            entry.parse_params({})  # listed as needing params: it must really need them
-        entry.parse_params(REQUIRED[name])
-    else:
-        entry.parse_params({})
+    check_defaults(TOPOLOGIES, REQUIRED, name)
 
 
 def test_topologies_needing_params_are_the_listed_ones() -> None:
-    assert {e.name for e in TOPOLOGIES if _defaults_fail(e)} == set(REQUIRED)
+    assert {e.name for e in TOPOLOGIES if defaults_fail(e)} == set(REQUIRED)
 
 
 @pytest.mark.parametrize("name", TOPOLOGIES.names())
