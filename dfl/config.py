@@ -114,7 +114,8 @@ class RayConfig(Strict):
 
 
 class EngineConfig(Strict):
-    name: Literal["serial", "ray"] = "serial"
+    name: Literal["serial", "ray", "batched"] = Field("serial", description="serial: one participant at a time; ray: on Ray actors; batched: every participant as rows of stacked tensors (torch.func), for many small models")
+    batch_size: int | None = Field(None, gt=0, description="batched: participants trained at once (default: as many as fit about 1 GiB of working memory)")
     threads: int | None = Field(None, gt=0, description="torch threads per worker process (default 1); part of the numerics: CPU kernels reduce by thread count")
     ray: RayConfig = Field(default_factory=RayConfig)
 

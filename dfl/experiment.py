@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from pydantic import ValidationError
+from torch import nn
 
 from dfl.attack import target_errors
 from dfl.config import ExperimentConfig
+from dfl.defense import TrainingDefense
 from dfl.errors import ConfigError
+from dfl.models import build_model
 from dfl.plugins import load_plugins
 from dfl.registries import AGGREGATORS, ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONERS, TOPOLOGIES
 from dfl.registry import pydantic_errors
@@ -220,6 +224,33 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
                 errors.append((f"defenses.{i}.nodes.{j}", f"node id {n} is out of range; ids run from 0 to {cfg.nodes - 1}"))
     if not errors:
         errors += plugin_checks(cfg, singles=False)
+    if not errors and cfg.engine.name == "batched" and cfg.topology.name != "centralized":
+        errors += batched_errors(cfg)
+    return errors
+
+
+PROBE_SHAPE = (3, 32, 32)  # the input shape a model is built with to check its layers (they do not depend on it)
+
+
+def batched_errors(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """What the batched engine cannot run: training-time defenses (DP-SGD among them), BatchNorm and
+    dropout (state and randomness it does not carry per node)."""
+    errors: list[tuple[str, str]] = []
+    for i, spec in enumerate(cfg.defenses):
+        obj = DEFENSES.get(spec.name).obj
+        if isinstance(obj, type) and issubclass(obj, TrainingDefense):
+            errors.append((f"defenses.{i}.name", f"{spec.name} is a training-time defense, which the batched engine "
+                                                 "does not run; use engine.name: serial (or ray) for it"))
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg.model, PROBE_SHAPE, 10)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        errors.append(("model.params.norm", f"{cfg.model.name} uses BatchNorm, whose running statistics the batched "
+                                            "engine does not keep; set model.params.norm: group (or use "
+                                            "engine.name: serial)"))
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        errors.append(("model.params.dropout", f"{cfg.model.name} uses dropout, whose random masks the batched "
+                                               "engine does not draw; set model.params.dropout: 0 (or use "
+                                               "engine.name: serial)"))
     return errors
 
 

@@ -223,3 +223,34 @@ def consensus_distance(states: torch.Tensor) -> float:
         raise ValueError(f"states must be (n_nodes, n_params) with n_nodes >= 1, got {tuple(states.shape)}")
     x = states.detach().to("cpu", torch.float64)
     return float(torch.linalg.vector_norm(x - x.mean(dim=0, keepdim=True), dim=1).mean().item())
+
+
+def gossip_stacked(states: torch.Tensor, W: FloatArray) -> torch.Tensor:
+    """:func:`gossip` for all nodes at once, bit-identical to it: ``(n_nodes, n_params) -> (n_rows, n_params)``.
+
+    The rows' nonzero weights are laid out as slots ``k = 0, 1, ...`` in increasing column order; slot
+    ``k`` is one gathered multiply and one add over the rows that have a ``k``-th neighbour, so each row
+    sees exactly :func:`gossip_row`'s operations in its order (a few tensor operations per round, where
+    :func:`gossip` makes a few per node: what the batched engine needs for thousands of nodes).
+    """
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2 or states.ndim != 2 or W.shape[1] != states.shape[0]:
+        raise ValueError(f"W must be (n_rows, n_nodes) and states (n_nodes, n_params) with matching n_nodes,"
+                         f" got W {W.shape} and states {tuple(states.shape)}")
+    rows, cols = np.nonzero(W)  # row-major: each row's columns in increasing order
+    counts = np.bincount(rows, minlength=W.shape[0])
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out = torch.zeros((W.shape[0], states.shape[1]), dtype=states.dtype, device=states.device)
+    with torch.no_grad():
+        for k in range(int(counts.max()) if len(counts) else 0):
+            pick = slot == k
+            r = torch.from_numpy(rows[pick]).to(states.device)
+            c = torch.from_numpy(cols[pick]).to(states.device)
+            # weights rounded to the states' dtype, as torch.mul(x, float(w)) rounds them in gossip_row
+            w = torch.from_numpy(W[rows[pick], cols[pick]]).to(states.dtype).to(states.device)[:, None]
+            term = states[c] * w
+            if k == 0:
+                out[r] = term
+            else:
+                out[r] += term
+    return out

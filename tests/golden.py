@@ -28,7 +28,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GOLDEN = HERE / "golden"
-sys.path.insert(0, str(HERE))
+# the checkout first: tests/dfl, tests/defenses, ... would otherwise stand in for the packages of that name
+sys.path[:0] = [str(ROOT), str(HERE)]
 
 from conftest import TINY  # noqa: E402
 
@@ -138,6 +139,9 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)  # as the test suite runs them
+    if not argv or argv[0] not in ("record", "check"):
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
     command, names = argv[0], argv[1:] or sorted(CASES)
     failed: list[str] = []
 
