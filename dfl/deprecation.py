@@ -21,7 +21,6 @@ RELEASE = "0.3"  # the release in which the old names go
 
 def moved(old: str, *new: str) -> Callable[[str], Any]:
     """A module ``__getattr__`` that finds ``old``'s names in the modules ``new`` and warns once per use."""
-
     def __getattr__(name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)

@@ -75,6 +75,5 @@ class Terminated(KeyboardInterrupt):
 
 def raise_terminated(signum: int, frame: object) -> None:
     """SIGTERM handler: raise :class:`Terminated` once; later SIGTERMs are ignored while the run winds down."""
-
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()

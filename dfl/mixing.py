@@ -221,36 +221,67 @@ def consensus_distance(states: torch.Tensor) -> float:
     """
     if states.ndim != 2 or states.shape[0] == 0:
         raise ValueError(f"states must be (n_nodes, n_params) with n_nodes >= 1, got {tuple(states.shape)}")
-    x = states.detach().to("cpu", torch.float64)
-    return float(torch.linalg.vector_norm(x - x.mean(dim=0, keepdim=True), dim=1).mean().item())
+    # In float64 blocks of at most CONSENSUS_BLOCK_BYTES: the mean by blocks of columns, the norms by blocks
+    # of rows. Each column's mean and each row's norm is reduced as over the whole matrix, so the result
+    # is bit-identical to the one-piece formula (tested), without an (n, P) float64 copy.
+    x, (n, p) = states.detach(), states.shape
+    cols = max(1, CONSENSUS_BLOCK_BYTES // (8 * n))
+    mean = torch.cat([x[:, c : c + cols].to("cpu", torch.float64).mean(dim=0) for c in range(0, p, cols)])
+    rows = max(1, CONSENSUS_BLOCK_BYTES // (8 * max(p, 1)))
+    norms = [torch.linalg.vector_norm(x[r : r + rows].to("cpu", torch.float64) - mean, dim=1) for r in range(0, n, rows)]
+    return float(torch.cat(norms).mean().item())
 
 
-def gossip_stacked(states: torch.Tensor, W: FloatArray) -> torch.Tensor:
+CONSENSUS_BLOCK_BYTES = 1 << 26
+
+
+GOSSIP_BLOCK_BYTES = 1 << 28  # gossip_stacked's temporaries per block of rows
+
+
+def gossip_stacked(states: torch.Tensor, W: FloatArray, out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`gossip` for all nodes at once, bit-identical to it: ``(n_nodes, n_params) -> (n_rows, n_params)``.
 
     The rows' nonzero weights are laid out as slots ``k = 0, 1, ...`` in increasing column order; slot
     ``k`` is one gathered multiply and one add over the rows that have a ``k``-th neighbour, so each row
     sees exactly :func:`gossip_row`'s operations in its order (a few tensor operations per round, where
-    :func:`gossip` makes a few per node: what the batched engine needs for thousands of nodes).
+    :func:`gossip` makes a few per node: what the batched engine needs for thousands of nodes). Rows go
+    in blocks whose temporaries stay under :data:`GOSSIP_BLOCK_BYTES`. ``out``: a ``(n_rows, n_params)``
+    tensor to write into (not ``states``), or ``None`` for a new one.
     """
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2 or states.ndim != 2 or W.shape[1] != states.shape[0]:
         raise ValueError(f"W must be (n_rows, n_nodes) and states (n_nodes, n_params) with matching n_nodes,"
                          f" got W {W.shape} and states {tuple(states.shape)}")
+    if out is None:
+        out = torch.zeros((W.shape[0], states.shape[1]), dtype=states.dtype, device=states.device)
+    elif out.shape != (W.shape[0], states.shape[1]) or out.data_ptr() == states.data_ptr():
+        raise ValueError(f"out must be a ({W.shape[0]}, {states.shape[1]}) tensor other than states")
+    else:
+        out.zero_()  # rows without a nonzero weight stay 0, as in gossip
+    block = max(1, GOSSIP_BLOCK_BYTES // max(1, 2 * states.shape[1] * states.element_size()))
+    with torch.no_grad():
+        for r0 in range(0, W.shape[0], block):
+            _gossip_block(states, W[r0 : r0 + block], out[r0 : r0 + block])
+    return out
+
+
+def _gossip_block(states: torch.Tensor, W: FloatArray, out: torch.Tensor) -> None:
     rows, cols = np.nonzero(W)  # row-major: each row's columns in increasing order
     counts = np.bincount(rows, minlength=W.shape[0])
     slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    out = torch.zeros((W.shape[0], states.shape[1]), dtype=states.dtype, device=states.device)
-    with torch.no_grad():
-        for k in range(int(counts.max()) if len(counts) else 0):
-            pick = slot == k
-            r = torch.from_numpy(rows[pick]).to(states.device)
-            c = torch.from_numpy(cols[pick]).to(states.device)
-            # weights rounded to the states' dtype, as torch.mul(x, float(w)) rounds them in gossip_row
-            w = torch.from_numpy(W[rows[pick], cols[pick]]).to(states.dtype).to(states.device)[:, None]
-            term = states[c] * w
+    for k in range(int(counts.max()) if len(counts) else 0):
+        pick = slot == k
+        r = torch.from_numpy(rows[pick]).to(states.device)
+        c = torch.from_numpy(cols[pick]).to(states.device)
+        # weights rounded to the states' dtype, as torch.mul(x, float(w)) rounds them in gossip_row
+        w = torch.from_numpy(W[rows[pick], cols[pick]]).to(states.dtype).to(states.device)[:, None]
+        term = torch.mul(states[c], w)
+        if len(r) == out.shape[0]:  # every row has a k-th neighbour (a regular graph): no scatter needed
             if k == 0:
-                out[r] = term
+                out.copy_(term)
             else:
-                out[r] += term
-    return out
+                out.add_(term)
+        elif k == 0:
+            out[r] = term
+        else:
+            out[r] += term

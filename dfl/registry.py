@@ -59,7 +59,6 @@ class Registry(Generic[T]):
         self, name: str, *, params: type[BaseModel] = NoParams, summary: str | None = None
     ) -> Callable[[T], T]:
         """Decorator: ``@TOPOLOGIES.register("ring", params=RingParams)``."""
-
         def deco(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.family} {name!r} is already registered by {self._entries[name].obj!r}")
@@ -94,7 +93,6 @@ class Registry(Generic[T]):
 
 def _first_line(name: str, obj: object) -> str:
     """The first docstring line of a one-entry module named after the entry, else of the object itself."""
-
     module_name = getattr(obj, "__module__", "") or ""
     module = sys.modules.get(module_name)
     own_module = module_name.rsplit(".", 1)[-1] == name and not inspect.isclass(obj)
@@ -125,7 +123,6 @@ def short_repr(value: Any, limit: int = 80) -> str:
     ``reprlib`` stops at a few items per level, so a list of a billion values (a YAML alias bomb) costs
     no more to show than a short one.
     """
-
     r = reprlib.Repr()
     r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 6, limit, limit
     text = r.repr(value)

@@ -208,7 +208,6 @@ class RunDir:
 
     def save_checkpoint(self, round_done: int, snaps: list[dict[str, Any]]) -> None:
         """Every node's state after ``round_done`` rounds, and where metrics.jsonl ended then."""
-
         buf = io.BytesIO()
         torch.save({"round": round_done, "metrics_bytes": self.metrics_size(), "participants": snaps}, buf)
         _atomic_write(self.path / CHECKPOINT, buf.getvalue())

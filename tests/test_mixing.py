@@ -228,3 +228,15 @@ def test_consensus_distance_decreases_under_metropolis_hastings_gossip(graph: nx
         distances.append(consensus_distance(X))
     assert all(b <= a + 1e-6 for a, b in zip(distances, distances[1:], strict=False))
     assert distances[-1] < 0.9 * distances[0]
+
+
+@pytest.mark.parametrize("block", [64, 1 << 12, 1 << 26])
+def test_consensus_distance_in_blocks_is_the_one_piece_formula_to_the_bit(block: int, monkeypatch) -> None:
+    import dfl.mixing as mixing
+
+    monkeypatch.setattr(mixing, "CONSENSUS_BLOCK_BYTES", block)
+    for n, p, seed in ((1, 5, 0), (4, 1000, 1), (37, 513, 2)):
+        x = torch.randn(n, p, generator=torch.Generator().manual_seed(seed)) * 10.0 ** seed
+        x64 = x.double()
+        reference = float(torch.linalg.vector_norm(x64 - x64.mean(dim=0, keepdim=True), dim=1).mean().item())
+        assert mixing.consensus_distance(x) == reference

@@ -33,7 +33,6 @@ Record = dict[str, Any]
 
 def _query_api(victim_model: Any, j: int, chain: list[Any], g: torch.Generator) -> Any:
     """Node ``j``'s black-box prediction API: its current model behind its query-time defenses."""
-
     def query(x: torch.Tensor) -> torch.Tensor:
         return defended_query(victim_model(j), x, chain, g)
 

@@ -124,7 +124,6 @@ def to_float(x_uint8: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Te
 
     A channel with ``std == 0`` (constant) is only centred, not scaled.
     """
-
     x = torch.from_numpy(np.ascontiguousarray(x_uint8)).to(torch.float32).div_(255.0)
     m = torch.as_tensor(np.array(mean, dtype=np.float32)).reshape(-1, 1, 1)
     s = torch.as_tensor(np.where(np.asarray(std) > 0, std, 1.0).astype(np.float32)).reshape(-1, 1, 1)

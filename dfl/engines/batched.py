@@ -34,7 +34,9 @@ BatchNorm (use ``model.params.norm: group``), dropout (``model.params.dropout: 0
 from __future__ import annotations
 
 import copy
+import ctypes
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -51,6 +53,25 @@ from dfl.mixing import gossip_stacked
 CHUNK_BYTES = 1 << 30  # working memory a chunk of nodes may take when engine.batch_size is not set
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve every allocation from its heap and keep what is freed (``mallopt``).
+
+    Each round allocates state-sized tensors (hundreds of MB to GB at thousands of nodes); glibc maps
+    allocations that large fresh from the kernel and returns them on free, so every round pays the
+    kernel's zeroing of those pages again (about 2 GB/s here, against 10+ GB/s for reused memory). With
+    mmap off and trimming off, freed blocks are reused. The process's peak memory is what it was; it is
+    only not handed back before the process ends. Returns whether it took effect (glibc on Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 class BatchedEngine(Engine):
     """The participants of a population as stacked tensors; see the module docstring."""
 
@@ -58,6 +79,8 @@ class BatchedEngine(Engine):
         super().__init__(population)
         cfg = population.cfg
         self.cfg, self.training = cfg, cfg.training
+        if population.device.type == "cpu":
+            keep_freed_memory()
         self.device = population.device
         self.model = copy.deepcopy(population.template()).to(self.device)  # a shell for functional_call
         named = [(n, p) for n, p in self.model.named_parameters()]
@@ -76,21 +99,25 @@ class BatchedEngine(Engine):
         self.mean = torch.as_tensor(np.array(population.mean, dtype=np.float32)).reshape(-1, 1, 1).to(self.device)
         std = np.where(np.asarray(population.std) > 0, population.std, 1.0).astype(np.float32)
         self.std = torch.as_tensor(std).reshape(-1, 1, 1).to(self.device)
-        self.train_idx = [torch.from_numpy(ns.train).to(self.device) for ns in population.splits.nodes]
+        self.train_idx = [torch.from_numpy(ns.train) for ns in population.splits.nodes]
+        self.train_rows = _padded(self.train_idx).to(self.device)  # (n_nodes, most train samples), -1 padding
         self.eval_idx = self._eval_indices(population)
         self.share_defenses = {i: d for i in range(self.n) if (d := population.defenses(i, ShareDefense))}
         self.opt = _Optimizer(self.training, self.n, self.n_params, self.device)
+        self._spare: torch.Tensor | None = None  # the other state buffer (see train and mix)
         self.chunk = cfg.engine.batch_size or self._auto_chunk(data.shape)
         self._param_groups = _param_groups(self.model, self.training)
 
     # ------------------------------------------------------------------ setup
 
-    def _eval_indices(self, population: Population) -> dict[str, list[torch.Tensor] | torch.Tensor]:
-        """Per split, each node's evaluation subset (indices into the train set; test: one shared subset)."""
-        out: dict[str, Any] = {"test": torch.from_numpy(population._subset(population.splits.test, 0)).to(self.device)}
+    def _eval_indices(self, population: Population) -> dict[str, torch.Tensor]:
+        """Per split, each node's evaluation subset as a padded ``(n_nodes, most)`` index matrix (-1:
+        padding; indices into the train set), and for ``test`` the one shared subset ``(m,)``."""
+        out = {"test": torch.from_numpy(population._subset(population.splits.test, 0)).to(self.device)}
         for tag, name in enumerate(("train", "holdout")):
-            out[name] = [torch.from_numpy(population._subset(getattr(ns, name), 1 + tag, i)).to(self.device)
-                         for i, ns in enumerate(population.splits.nodes)]
+            subsets = [torch.from_numpy(population._subset(getattr(ns, name), 1 + tag, i))
+                       for i, ns in enumerate(population.splits.nodes)]
+            out[name] = _padded(subsets).to(self.device)
         return out
 
     def _auto_chunk(self, shape: tuple[int, ...]) -> int:
@@ -123,48 +150,56 @@ class BatchedEngine(Engine):
     def train(self, round_idx: int) -> list[dict[str, float]]:
         if self.training.reset_optimizer:
             self.opt.reset()
-        batches = [local_batches(self.cfg.seed, i, round_idx, len(self.train_idx[i]), self.training)
-                   for i in range(self.n)]
-        new = self.flat.clone()  # the states mix() returned stay as they were (observers may hold them)
+        plans = [local_batches(self.cfg.seed, i, round_idx, len(self.train_idx[i]), self.training)
+                 for i in range(self.n)]
+        steps = [len(b) for b in plans]
+        # Train a copy: the states mix() returned stay as they were this round (observers read them as the
+        # round's start states). Two buffers take turns: mix() writes into the one training did not use.
+        if self._spare is None or self._spare.shape != self.flat.shape:
+            self._spare = torch.empty_like(self.flat)
+        new = self._spare
+        new.copy_(self.flat)
+        self._spare = None
         start = {i: new[i].clone() for i in self.share_defenses}
         losses = torch.zeros(self.n, dtype=torch.float64)
         for lo in range(0, self.n, self.chunk):
             hi = min(lo + self.chunk, self.n)
-            losses[lo:hi] = self._train_chunk(new, lo, hi, batches[lo:hi])
+            losses[lo:hi] = self._train_chunk(new, lo, hi, _batch_plan(plans[lo:hi], self.training.batch_size))
         for i, defenses in self.share_defenses.items():
             update = new[i] - start[i]
             for d in defenses:
                 update = d.rewrite(update, round_idx)
             new[i] = start[i] + update
         self.flat = new
-        steps = [len(b) for b in batches]
         return [{"loss": float(losses[i]) if steps[i] else 0.0, "steps": float(steps[i])} for i in range(self.n)]
 
-    def _train_chunk(self, flat: torch.Tensor, lo: int, hi: int, batches: list[list[torch.Tensor]]) -> torch.Tensor:
-        """Every local step of nodes ``lo..hi-1``, in place in ``flat``; returns their mean losses."""
-        k, bs = hi - lo, self.training.batch_size
-        steps = max((len(b) for b in batches), default=0)
+    def _train_chunk(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor) -> torch.Tensor:
+        """Every local step of nodes ``lo..hi-1``, in place in ``flat``; returns their mean losses.
+
+        ``plan``: ``(k, steps, batch_size)`` local sample indices, -1 where a batch is short or a node
+        has no batch at that step."""
+        plan = plan.to(self.device)
+        k = hi - lo
         step_grad = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0))
         loss_sum = torch.zeros(k, dtype=torch.float32, device=self.device)
-        counts = torch.tensor([len(b) for b in batches], dtype=torch.float32, device=self.device)
-        train_idx = self.train_idx[lo:hi]
-        for s in range(steps):
-            idx = torch.zeros((k, bs), dtype=torch.long, device=self.device)
-            mask = torch.zeros((k, bs), dtype=torch.float32, device=self.device)
-            active = torch.zeros(k, dtype=torch.bool, device=self.device)
-            for j, b in enumerate(batches):
-                if s < len(b):
-                    rows = train_idx[j][b[s].to(self.device)]
-                    idx[j, : len(rows)] = rows
-                    mask[j, : len(rows)] = 1.0
-                    active[j] = True
-            x = self._images(self.x_u8[idx])  # (k, bs, C, H, W)
+        counts = (plan[:, :, 0] >= 0).sum(1).to(torch.float32)
+        rows_of = self.train_rows[lo:hi]
+        for s in range(plan.shape[1]):
+            local = plan[:, s]  # (k, batch_size)
+            mask = (local >= 0).to(torch.float32)
+            active = local[:, 0] >= 0
+            idx = torch.gather(rows_of, 1, local.clamp_min(0))  # global indices (padding: the node's first)
+            x = self._images(self.x_u8[idx])  # (k, batch_size, C, H, W)
             y = self.y_all[idx]
-            rows = flat[lo:hi]
-            grads, loss = step_grad(self._tensors(rows), x, y, mask)
-            g = torch.cat([grads[n].reshape(k, -1) for n in self.names], dim=1)[:, : self.n_params]
-            params = rows[:, : self.n_params]
-            flat[lo:hi, : self.n_params] = self.opt.step(lo, hi, params, g, active)
+            grads, loss = step_grad(self._tensors(flat[lo:hi]), x, y, mask)
+            every = bool(active.all())
+            self.opt.count(lo, hi, active)
+            offset = 0
+            for name, size in zip(self.names, self.sizes, strict=True):
+                if offset < self.n_params:  # parameters (float buffers after them are not trained)
+                    part = slice(offset, offset + size)
+                    self.opt.step(lo, hi, part, flat[lo:hi, part], grads[name].reshape(k, -1), active, every)
+                offset += size
             loss_sum += torch.where(active, loss.detach(), torch.zeros_like(loss))
         return (loss_sum / counts.clamp_min(1.0)).double().cpu()
 
@@ -174,7 +209,13 @@ class BatchedEngine(Engine):
         return self.flat
 
     def mix(self, W: np.ndarray, shared: torch.Tensor) -> torch.Tensor:
-        self.flat = gossip_stacked(shared, W)
+        """The new states, written over the round's start states (nobody reads those after the observers).
+
+        The tensors ``share`` and ``mix`` return are the engine's buffers: valid for the round; an observer
+        that keeps one past it copies it (as the inversion scorer does)."""
+        spare = self.flat if self.flat.data_ptr() != shared.data_ptr() else None
+        self.flat = gossip_stacked(shared, W, out=spare)
+        self._spare = shared  # trained into again next round
         return self.flat
 
     @torch.no_grad()
@@ -192,30 +233,22 @@ class BatchedEngine(Engine):
         """Accuracy and mean cross-entropy of nodes ``lo..hi-1`` on their ``split`` subsets, ``(k,)`` each."""
         k, eb = hi - lo, self.cfg.eval.batch_size
         params = self._tensors(self.flat[lo:hi])
-        forward = vmap(lambda p, x: functional_call(self.model, p, (x,)), in_dims=(0, None if split == "test" else 0))
-        if split == "test":
-            idx_all = self.eval_idx["test"]
-            n = torch.full((k,), float(len(idx_all)), device=self.device)
-        else:
-            subsets = self.eval_idx[split][lo:hi]
-            n = torch.tensor([float(len(s)) for s in subsets], device=self.device)
+        shared = split == "test"
+        forward = vmap(lambda p, x: functional_call(self.model, p, (x,)), in_dims=(0, None if shared else 0))
+        rows = self.eval_idx[split] if shared else self.eval_idx[split][lo:hi]
+        width = rows.shape[-1]
+        n = torch.full((k,), float(width), device=self.device) if shared else (rows >= 0).sum(1).to(torch.float32)
         correct = torch.zeros(k, device=self.device)
         loss = torch.zeros(k, device=self.device)
-        width = int(n.max().item()) if k else 0
         for a in range(0, width, eb):
-            if split == "test":
-                sel = idx_all[a : a + eb]
-                x = self._images(self.x_test_u8[sel])
-                y = self.y_test[sel].expand(k, -1)
-                mask = torch.ones_like(y, dtype=torch.float32)
+            part = rows[..., a : a + eb]
+            if shared:
+                x = self._images(self.x_test_u8[part])
+                y = self.y_test[part].expand(k, -1)
+                mask = torch.ones(y.shape, device=self.device)
             else:
-                b = min(eb, width - a)
-                idx = torch.zeros((k, b), dtype=torch.long, device=self.device)
-                mask = torch.zeros((k, b), dtype=torch.float32, device=self.device)
-                for j, s in enumerate(subsets):
-                    part = s[a : a + b]
-                    idx[j, : len(part)] = part
-                    mask[j, : len(part)] = 1.0
+                mask = (part >= 0).to(torch.float32)
+                idx = part.clamp_min(0)
                 x = self._images(self.x_u8[idx])
                 y = self.y_all[idx]
             logits = forward(params, x)  # (k, b, classes)
@@ -241,6 +274,24 @@ class BatchedEngine(Engine):
 
     def _param_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(p.shape) for p in self.model.parameters()]
+
+
+def _padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Index vectors of different lengths as one ``(len(rows), longest)`` int64 matrix, -1 where short."""
+    out = torch.full((len(rows), max((len(r) for r in rows), default=0)), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _batch_plan(plans: list[list[torch.Tensor]], batch_size: int) -> torch.Tensor:
+    """Each node's batches (``local_batches``) as one ``(n_nodes, most steps, batch_size)`` matrix of local
+    sample indices, -1 where a batch is short or a node has no batch at that step."""
+    out = torch.full((len(plans), max((len(p) for p in plans), default=0), batch_size), -1, dtype=torch.long)
+    for i, batches in enumerate(plans):
+        for s, b in enumerate(batches):
+            out[i, s, : len(b)] = b
+    return out
 
 
 def _param_groups(model: torch.nn.Module, training: Any) -> list[dict[str, Any]]:
@@ -276,27 +327,46 @@ class _Optimizer:
             self.buf = torch.zeros(zeros, device=self.device) if self.o.momentum else None
         self.stepped = torch.zeros(self.n, dtype=torch.bool, device=self.device)  # whether any step was taken
 
-    def step(self, lo: int, hi: int, p: torch.Tensor, g: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def count(self, lo: int, hi: int, active: torch.Tensor) -> None:
+        """Mark the nodes of a step that took it (Adam's step counts, and whether any state exists)."""
+        self.stepped[lo:hi] |= active
+        if self.o.name == "adam":
+            self.t[lo:hi] += active.double()
+
+    @torch.no_grad()
+    def step(self, lo: int, hi: int, part: slice, p: torch.Tensor, g: torch.Tensor, active: torch.Tensor,
+             every: bool) -> None:
+        """One update of the parameter columns ``part`` of nodes ``lo..hi-1``, in place in ``p: (k, m)``.
+
+        ``every``: all nodes are active (no masking needed, the common case)."""
         o, on = self.o, active[:, None]
         if o.weight_decay:
             g = g + o.weight_decay * p
-        self.stepped[lo:hi] |= active
         if o.name == "adam":
             b1, b2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which dfl-sim uses
-            t = self.t[lo:hi] + active.double()
-            self.t[lo:hi] = t
-            m = torch.where(on, self.m[lo:hi].lerp(g, 1 - b1), self.m[lo:hi])
-            v = torch.where(on, self.v[lo:hi] * b2 + (1 - b2) * g * g, self.v[lo:hi])
-            self.m[lo:hi], self.v[lo:hi] = m, v
-            tt = t.clamp_min(1.0)
+            m_old, v_old = self.m[lo:hi, part], self.v[lo:hi, part]
+            m, v = m_old.lerp(g, 1 - b1), v_old * b2 + (1 - b2) * g * g
+            tt = self.t[lo:hi].clamp_min(1.0)
             step_size = (o.lr / (1 - b1 ** tt)).float()[:, None]
             denom = v.sqrt() / torch.sqrt(1 - b2 ** tt).float()[:, None] + eps
-            return torch.where(on, p - step_size * (m / denom), p)
+            new = p - step_size * (m / denom)
+            if every:
+                m_old.copy_(m), v_old.copy_(v), p.copy_(new)
+            else:
+                m_old.copy_(torch.where(on, m, m_old)), v_old.copy_(torch.where(on, v, v_old))
+                p.copy_(torch.where(on, new, p))
+            return
         if self.buf is not None:
-            buf = torch.where(on, self.buf[lo:hi] * o.momentum + g, self.buf[lo:hi])
-            self.buf[lo:hi] = buf
-            g = buf
-        return torch.where(on, p - o.lr * g, p)
+            buf = self.buf[lo:hi, part]
+            if every:
+                g = buf.mul_(o.momentum).add_(g)
+            else:
+                buf.copy_(torch.where(on, buf * o.momentum + g, buf))
+                g = buf
+        if every:
+            p.sub_(o.lr * g)
+        else:
+            p.copy_(torch.where(on, p - o.lr * g, p))
 
     def state_dict(self, i: int, shapes: list[tuple[int, ...]], groups: list[dict[str, Any]]) -> dict[str, Any]:
         state: dict[int, dict[str, Any]] = {}

@@ -93,7 +93,6 @@ def check_address(address: str) -> None:
     then asks the GCS for its cluster id from a child process that is killed after ``PROBE_TIMEOUT_S``
     (a port that answers but is not a Ray GCS). Both fail in well under 30 s.
     """
-
     host, port = split_address(address)
     fix = "start the cluster first (ray start --head --port PORT) or fix the address"
     try:
@@ -324,7 +323,6 @@ class RayEngine(Engine):
         given up on (``EngineFault`` with ``recoverable=False``): the run stops with its last checkpoint
         intact, to be resumed later.
         """
-
         deadline = time.monotonic() + RECOVER_TIMEOUT_S
         for s, actor in enumerate(self.actors):
             try:
@@ -342,7 +340,6 @@ class RayEngine(Engine):
 
     def _replace(self, n_actors: int) -> None:
         """Kill every actor and place all shards anew on ``n_actors`` fresh ones."""
-
         for a in self.actors:
             self.ray.kill(a, no_restart=True)
         self.shards = place(build_graph(self.population.cfg, 0), n_actors)

@@ -229,7 +229,6 @@ class Participant:
 
         Randomised defenses draw from a stream of ``(seed, node, query number)``.
         """
-
         self._queries += 1
         g = torch_generator(self.seed, QUERY, self.node_id, self._queries)
         return defended_query(self.model, images.to(self.device), self.query_defenses, g)

@@ -178,7 +178,6 @@ class Population:
         """Sorted ids of every node adjacent to ``node_id`` in the base graph of some topology epoch up to
         round ``round_idx``'s (without resampling: the round-0 neighbours). Kept per node and extended
         epoch by epoch, so a run that calls it every round builds each epoch's graph once."""
-
         epoch = epoch_of(self.cfg, round_idx)
         seen, met = self._met.get(node_id, (-1, frozenset()))
         earlier = epoch < seen  # a round before the last one asked about: from scratch, not kept
@@ -201,7 +200,6 @@ class Population:
 
     def query_defenses(self, node_id: int) -> list[Any]:
         """Node ``node_id``'s query-time defenses."""
-
         return self.defenses(node_id, QueryDefense)
 
     def sample_counts(self) -> np.ndarray:

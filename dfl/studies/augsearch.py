@@ -77,7 +77,6 @@ def search(cfg: ExperimentConfig, *, sigma: float = 0.5, max_grad_norm: float = 
            epochs: int = 5, images_per_class: int = 2, iterations: int = 600,
            log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score every (op, magnitude) and DP-SGD at ``sigma`` per class; return the tables and the best policy."""
-
     load_plugins()
     inverter = ATTACKS.get("inverting_gradients")
     invert = inverter.obj(inverter.parse_params({"iterations": iterations}))
