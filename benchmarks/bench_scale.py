@@ -6,7 +6,8 @@ The workload: ``mlp`` (hidden [64]) on generated 1x28x28 images, 60 samples per 
 batch 16 (one local epoch = 3 steps), a ring, test evaluation on 100 samples every 3 rounds. The serial
 engine's time grows linearly with the node count (one participant after another), so it runs on
 ``--serial-nodes`` nodes and its time per round is scaled to ``--nodes``; the batched engine runs on
-``--nodes``. Printed: seconds per round (the mean over rounds 2.., so the first round's one-time costs
+``--nodes`` with ``--threads`` torch threads (its batched matrix products use them; the serial engine
+is fastest with one). Printed: seconds per round (the mean over rounds 2.., so the first round's one-time costs
 are left out, and an evaluation round is included), their ratio, the peak resident memory of the
 process after the batched run, and what the participants must hold (states, optimizer state, data).
 """
@@ -30,7 +31,7 @@ from dfl.federation import Federation  # noqa: E402
 from dfl.federation.population import Population  # noqa: E402
 
 
-def config(nodes: int, rounds: int, engine: str) -> dict:
+def config(nodes: int, rounds: int, engine: str, threads: int = 1) -> dict:
     return {
         "name": "scale", "seed": 0, "rounds": rounds, "nodes": nodes,
         "data": {"dataset": {"name": "synthetic", "params": {"num_classes": 10, "image_size": 28,
@@ -40,13 +41,13 @@ def config(nodes: int, rounds: int, engine: str) -> dict:
         "training": {"local_epochs": 1, "batch_size": 16},
         "topology": {"name": "ring"},
         "eval": {"every": 3, "splits": ["test"], "max_samples": 100},
-        "engine": {"name": engine},
+        "engine": {"name": engine, "threads": threads},
         "output": {"plots": False},
     }
 
 
-def seconds_per_round(nodes: int, rounds: int, engine: str) -> tuple[float, Population]:
-    cfg = parse_config(config(nodes, rounds, engine))
+def seconds_per_round(nodes: int, rounds: int, engine: str, threads: int = 1) -> tuple[float, Population]:
+    cfg = parse_config(config(nodes, rounds, engine, threads))
     population = Population.from_config(cfg)
     eng = (BatchedEngine if engine == "batched" else SerialEngine)(population)
     times: list[float] = []
@@ -63,9 +64,11 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--serial-nodes", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="engine.threads of the batched run (the serial run: 1, "
+                    "its fastest: more threads slow one small model down)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    batched, population = seconds_per_round(args.nodes, args.rounds, "batched")
+    batched, population = seconds_per_round(args.nodes, args.rounds, "batched", args.threads)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     n_state = sum(p.numel() for p in population.template().parameters())
     held_gb = (args.nodes * n_state * 4 + population.data.x_train.nbytes) / 2**30
@@ -73,7 +76,7 @@ def main() -> None:
     serial = serial_small * args.nodes / args.serial_nodes
     print(f"{args.nodes} nodes, mlp [64] on 1x28x28, 3 local steps of 16, ring, rounds 2..{args.rounds}")
     print(f"serial : {serial:8.2f} s/round (measured on {args.serial_nodes} nodes: {serial_small:.2f} s)")
-    print(f"batched: {batched:8.2f} s/round  -> {serial / batched:.1f}x faster")
+    print(f"batched: {batched:8.2f} s/round with {args.threads} thread(s) -> {serial / batched:.1f}x faster")
     print(f"peak resident memory after the batched run: {peak_gb:.2f} GB; the participants hold {held_gb:.2f} GB "
           f"(states {args.nodes} x {n_state:,} float32 + uint8 data)")
 
