@@ -18,6 +18,8 @@ class LabelSmoothingParams(BaseModel):
 class LabelSmoothing(TrainingDefense):
     """Smoothed one-hot targets."""
 
+    batched = True  # a pure rewrite of the targets / of the loss: runs on the batched engine
+
     params: LabelSmoothingParams
 
     def batch(self, x: torch.Tensor, target: torch.Tensor, progress: float,

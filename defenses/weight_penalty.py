@@ -27,6 +27,8 @@ class WeightPenaltyParams(BaseModel):
 class WeightPenalty(TrainingDefense):
     """L1 or L2 penalty on the weights."""
 
+    batched = True  # a pure rewrite of the targets / of the loss: runs on the batched engine
+
     params: WeightPenaltyParams
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -110,6 +110,9 @@ class TrainingDefense:
     """
 
     name = ""  # the registered name, set when a population builds the chain
+    #: ``batch`` and ``penalty`` are pure tensor functions that draw nothing from ``g`` and ignore
+    #: ``progress``: the batched engine then runs them per node under ``vmap`` (else it refuses the defense)
+    batched: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel, ctx: DefenseContext) -> None:
         self.params = params

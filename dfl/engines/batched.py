@@ -27,8 +27,11 @@ float32 rounding that training then carries (the tests hold parameters after a r
 accuracies after 3 rounds to 0.02), while a batched run is bit-identical with itself run to run and
 across resume.
 
-Not supported (rejected when the config is validated, with the fix): training-time defenses and DP-SGD,
-BatchNorm (use ``model.params.norm: group``), dropout (``model.params.dropout: 0``).
+Training-time defenses that are pure rewrites of the batch or the loss (``batched = True``: label
+smoothing, weight penalties) run per node under the same ``vmap``, each node with its own defenses.
+Not supported (rejected when the config is validated, with the fix): training-time defenses that draw
+random numbers (mixup, AdaMixup, defensive augmentation) and DP-SGD, BatchNorm (use
+``model.params.norm: group``), dropout (``model.params.dropout: 0``).
 """
 
 from __future__ import annotations
@@ -42,13 +45,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from dfl.defense import ShareDefense
+from dfl.config import defended_nodes
+from dfl.defense import ShareDefense, TrainingDefense
 from dfl.federation.engine import Engine
 from dfl.federation.participant import local_batches, shared_tensors
 from dfl.federation.population import Population
 from dfl.mixing import gossip_stacked
+from dfl.registries import DEFENSES
 
 CHUNK_BYTES = 1 << 30  # working memory a chunk of nodes may take when engine.batch_size is not set
 
@@ -103,6 +109,8 @@ class BatchedEngine(Engine):
         self.train_rows = _padded(self.train_idx).to(self.device)  # (n_nodes, most train samples), -1 padding
         self.eval_idx = self._eval_indices(population)
         self.share_defenses = {i: d for i in range(self.n) if (d := population.defenses(i, ShareDefense))}
+        self.train_defenses, self.defended = self._training_defenses(population)
+        self.shell = _Shell(self.model, self.train_defenses)
         self.opt = _Optimizer(self.training, self.n, self.n_params, self.device)
         self._spare: torch.Tensor | None = None  # the other state buffer (see train and mix)
         self.chunk = cfg.engine.batch_size or self._auto_chunk(data.shape)
@@ -119,6 +127,23 @@ class BatchedEngine(Engine):
                        for i, ns in enumerate(population.splits.nodes)]
             out[name] = _padded(subsets).to(self.device)
         return out
+
+    def _training_defenses(self, population: Population) -> tuple[list[TrainingDefense], torch.Tensor]:
+        """One instance per training-time defense of the config (those with ``batched = True``; the config
+        check refuses the others) and ``(n_nodes, n_defenses)`` flags of the nodes each one defends."""
+        cfg, found, flags = self.cfg, [], []
+        specs = [(i, spec) for i, spec in enumerate(cfg.defenses)
+                 if isinstance(DEFENSES.get(spec.name).obj, type) and issubclass(DEFENSES.get(spec.name).obj, TrainingDefense)]
+        for i, spec in specs:
+            nodes = defended_nodes(cfg, spec)
+            if not nodes:
+                continue
+            first = nodes[0]  # its chain holds this spec's instance at the position of the specs before it there
+            position = sum(1 for j, other in specs if j < i and first in defended_nodes(cfg, other))
+            found.append(population.defenses(first, TrainingDefense)[position])
+            flags.append([1.0 if n in set(nodes) else 0.0 for n in range(self.n)])
+        on = torch.tensor(flags, dtype=torch.float32).T.contiguous() if flags else torch.zeros((self.n, 0))
+        return found, on.to(self.device)
 
     def _auto_chunk(self, shape: tuple[int, ...]) -> int:
         """Nodes per chunk: a node's step holds its state, gradient, optimizer state and a few copies
@@ -138,12 +163,25 @@ class BatchedEngine(Engine):
             offset += size
         return out
 
-    def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-              mask: torch.Tensor) -> torch.Tensor:
-        """One node's masked mean cross-entropy on its (padded) batch."""
-        logits = functional_call(self.model, params, (x,))
-        ce = F.cross_entropy(logits, y, reduction="none")
-        return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+    def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+              on: torch.Tensor) -> torch.Tensor:
+        """One node's masked mean cross-entropy on its (padded) batch, as the training-time defenses it runs
+        (``on``: one flag per defense) rewrite the batch, plus their penalties."""
+        if not self.train_defenses:
+            logits = functional_call(self.model, params, (x,))
+            ce = F.cross_entropy(logits, y, reduction="none")
+            return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        target = y  # one-hot rows (made before vmap): cross-entropy against them is exactly -log p_y
+        for j, d in enumerate(self.train_defenses):
+            x2, t2 = d.batch(x, target, 0.0, None)  # type: ignore[arg-type]  # pure: no progress, no draws
+            x, target = torch.where(on[j] > 0, x2, x), torch.where(on[j] > 0, t2, target)
+        logits, penalties = functional_call(self.shell, {f"model.{k}": v for k, v in params.items()}, (x,))
+        ce = F.cross_entropy(logits, target, reduction="none")
+        loss = (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        for j, penalty in enumerate(penalties):
+            if penalty is not None:
+                loss = loss + on[j] * penalty
+        return loss
 
     # ------------------------------------------------------------------ training
 
@@ -180,7 +218,8 @@ class BatchedEngine(Engine):
         has no batch at that step."""
         plan = plan.to(self.device)
         k = hi - lo
-        step_grad = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0))
+        step_grad = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0, 0))
+        on = self.defended[lo:hi]
         loss_sum = torch.zeros(k, dtype=torch.float32, device=self.device)
         counts = (plan[:, :, 0] >= 0).sum(1).to(torch.float32)
         rows_of = self.train_rows[lo:hi]
@@ -191,7 +230,9 @@ class BatchedEngine(Engine):
             idx = torch.gather(rows_of, 1, local.clamp_min(0))  # global indices (padding: the node's first)
             x = self._images(self.x_u8[idx])  # (k, batch_size, C, H, W)
             y = self.y_all[idx]
-            grads, loss = step_grad(self._tensors(flat[lo:hi]), x, y, mask)
+            if self.train_defenses:
+                y = F.one_hot(y, self.population.data.num_classes).to(x.dtype)
+            grads, loss = step_grad(self._tensors(flat[lo:hi]), x, y, mask, on)
             every = bool(active.all())
             self.opt.count(lo, hi, active)
             offset = 0
@@ -274,6 +315,19 @@ class BatchedEngine(Engine):
 
     def _param_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(p.shape) for p in self.model.parameters()]
+
+
+class _Shell(nn.Module):
+    """The model and the penalties of the training-time defenses, in one ``functional_call``: the
+    penalties then see the node's parameters in place of the shell's."""
+
+    def __init__(self, model: nn.Module, defenses: list[TrainingDefense]) -> None:
+        super().__init__()
+        self.model = model
+        self.defenses = list(defenses)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        return self.model(x), [d.penalty(self.model) for d in self.defenses]
 
 
 def _padded(rows: list[torch.Tensor]) -> torch.Tensor:

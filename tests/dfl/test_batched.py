@@ -241,3 +241,21 @@ def test_attacks_observe_the_batched_federation() -> None:
         s = [r[key] for r in out["serial"] if r["kind"] == kind]
         b = [r[key] for r in out["batched"] if r["kind"] == kind]
         assert len(s) == len(b) == 2 and np.allclose(s, b, atol=tol), (kind, key, s, b)
+
+
+def test_pure_training_defenses_run_batched_on_their_own_nodes() -> None:
+    """Label smoothing on the honest nodes (node 1 is an attacker) and an L2 penalty on nodes 0 and 2: the
+    batched engine trains each node as its serial participant does, within the tolerance."""
+    raw = config(attackers=[1], rounds=1, defenses=[
+        {"name": "label_smoothing", "params": {"eps": 0.3}},
+        {"name": "weight_penalty", "params": {"norm": "l2", "lam": 0.05}, "nodes": [0, 2]}])
+    serial, s_eng = federation(raw, "serial")
+    batched, b_eng = federation(raw, "batched")
+    assert b_eng.defended.tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [1.0, 0.0]]
+    s_stats, b_stats = s_eng.train(0), b_eng.train(0)
+    assert torch.allclose(states(s_eng), states(b_eng), rtol=0, atol=PARAM_TOL)
+    assert [s["loss"] for s in s_stats] == pytest.approx([b["loss"] for b in b_stats], abs=LOSS_TOL)
+    _, plain = federation(config(attackers=[1], rounds=1), "batched")
+    plain.train(0)
+    moved = (states(plain) - states(b_eng)).abs().amax(1)
+    assert moved[1] == 0 and bool((moved[[0, 2, 3]] > 1e-4).all())  # the defenses acted where they run, only there
