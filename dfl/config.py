@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dfl.deprecation import moved
 
@@ -114,9 +114,16 @@ class RayConfig(Strict):
 
 
 class EngineConfig(Strict):
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("must be a whole number of threads (at least 1) or auto")
+
     name: Literal["serial", "ray", "batched"] = Field("serial", description="serial: one participant at a time; ray: on Ray actors; batched: every participant as rows of stacked tensors (torch.func), for many small models")
     batch_size: int | None = Field(None, gt=0, description="batched: participants trained at once (default: as many as fit about 1 GiB of working memory)")
-    threads: int | None = Field(None, gt=0, description="torch threads per worker process (default 1); part of the numerics: CPU kernels reduce by thread count")
+    threads: int | Literal["auto"] | None = Field(None, description="torch threads per worker process (default 1); auto: the CPUs this process may use for the batched engine (its batched products scale), 1 for the others (one small model per participant only waits on more threads); part of the numerics: CPU kernels reduce by thread count")
     ray: RayConfig = Field(default_factory=RayConfig)
 
 

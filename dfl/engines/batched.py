@@ -81,6 +81,8 @@ def keep_freed_memory() -> bool:
 class BatchedEngine(Engine):
     """The participants of a population as stacked tensors; see the module docstring."""
 
+    parallel_kernels = True
+
     def __init__(self, population: Population) -> None:
         super().__init__(population)
         cfg = population.cfg

@@ -52,7 +52,7 @@ from dfl.config import ExperimentConfig, default_data_root
 from dfl.engines.ray import require_ray
 from dfl.errors import ConfigError, RunError
 from dfl.experiment import parse_config
-from dfl.federation.engine import Engine
+from dfl.federation.engine import Engine, available_cpus
 from dfl.federation.participant import Participant, flatten_into_views
 from dfl.federation.population import Population
 from dfl.federation.rounds import Federation
@@ -164,7 +164,6 @@ class FlowerEngine(Engine):
             raise ConfigError(errors)
         super().__init__(population)
         self.cfg = cfg
-        self.threads = cfg.engine.threads or 1
         self.num_cpus, self.cpus_per_client = num_cpus, cpus_per_client
         self.state = flatten_into_views(copy.deepcopy(population.template())).detach().cpu().clone()
         self._evaluator = _DriverEvaluation(population, self.threads)
@@ -298,13 +297,6 @@ def run_centralized(
     finally:
         engine.close()
     return engine.state
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _client_config(cfg: ExperimentConfig) -> str:

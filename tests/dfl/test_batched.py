@@ -259,3 +259,29 @@ def test_pure_training_defenses_run_batched_on_their_own_nodes() -> None:
     plain.train(0)
     moved = (states(plain) - states(b_eng)).abs().amax(1)
     assert moved[1] == 0 and bool((moved[[0, 2, 3]] > 1e-4).all())  # the defenses acted where they run, only there
+
+
+@pytest.mark.parametrize(("threads", "engine", "expected"), [
+    (None, "serial", 1), (3, "serial", 3), ("auto", "serial", 1), ("auto", "batched", "cpus"), (2, "batched", 2)])
+def test_engine_threads_auto_gives_cores_only_to_the_batched_engine(threads: Any, engine: str, expected: Any) -> None:
+    from dfl.federation.engine import available_cpus
+
+    raw = config(rounds=1)
+    raw["engine"] = {"name": engine, **({"threads": threads} if threads is not None else {})}
+    before = torch.get_num_threads()
+    _, eng = federation(raw, engine)
+    try:
+        want = available_cpus() if expected == "cpus" else expected
+        assert eng.threads == want and torch.get_num_threads() == want
+    finally:
+        eng.close()
+    assert torch.get_num_threads() == before  # the driver gets its threads back
+
+
+@pytest.mark.parametrize("bad", [0, -2, "many"])
+def test_engine_threads_must_be_positive_or_auto(bad: Any) -> None:
+    raw = config()
+    raw["engine"] = {"threads": bad}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert any(path.startswith("engine") for path, _ in err.value.errors)
