@@ -7,7 +7,8 @@ on the same CPU budget (``--cpus``, default 2):
   (``flwr.simulation.run_simulation``, Ray backend, ``--cpus`` actors of 1 CPU, 1 torch thread each);
 - dfl-sim: ``topology.name: fully_connected`` with ``aggregator.name: sample_weighted`` (one gossip round
   on the complete graph with FedAvg weights is the server's average) through ``dfl.api.run`` on
-  ``--engine`` (``ray``: ``--cpus`` actors, 1 thread each; ``serial``: one process, ``--cpus`` threads).
+  ``--engine`` (``ray``: ``--cpus`` actors, 1 thread each; ``serial`` and ``batched``: one process,
+  ``--cpus`` threads).
 
 Evaluation runs only after the last round (test split, 100 samples), no checkpoints, so a round is
 training + aggregation. The first round (imports of the engine, Ray start, data loading in the
@@ -19,7 +20,7 @@ round 1 to the end of round R-1 (the last round also evaluates). Workloads:
 - ``compute``: 10 clients, ``cnn`` (channels 32, 64), CIFAR-10 from ``--data-root``, 500 train
   samples each, one local epoch (16 steps of 32): the cost is the training.
 
-    python benchmarks/bench_flower.py [--workloads overhead compute] [--engine ray|serial] [--rounds 12 6]
+    python benchmarks/bench_flower.py [--workloads overhead compute] [--engine ray|serial|batched] [--rounds 12 6]
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def time_dfl(raw: dict[str, Any], engine: str, cpus: int, out: Path) -> dict[str
     raw = copy.deepcopy(raw)
     raw["topology"] = {"name": "fully_connected"}
     raw["aggregator"] = {"name": "sample_weighted"}
-    raw["engine"] = {"name": engine, "threads": cpus if engine == "serial" else 1}
+    raw["engine"] = {"name": engine, "threads": cpus if engine in ("serial", "batched") else 1}
     if engine == "ray":
         raw["engine"]["ray"] = {"actors": cpus, "cpus_per_actor": 1.0}
     cfg = parse_config(raw)
@@ -117,7 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", nargs="+", default=["overhead", "compute"])
     ap.add_argument("--rounds", nargs="+", type=int, default=[12, 6], help="rounds per workload (at least 3)")
-    ap.add_argument("--engine", default="ray", choices=["serial", "ray"], help="dfl-sim engine")
+    ap.add_argument("--engine", default="ray", choices=["serial", "ray", "batched"], help="dfl-sim engine")
     ap.add_argument("--cpus", type=int, default=2, help="CPU budget of both sides")
     ap.add_argument("--data-root", default=os.environ.get("DFL_SIM_DATA", "/work/shared/datasets"))
     args = ap.parse_args()
