@@ -111,6 +111,7 @@ class RayConfig(Strict):
     gpus_per_actor: float = Field(0.0, ge=0.0, description="may be fractional, e.g. 0.25 puts 4 actors on a GPU")
     dashboard: bool = Field(False, description="start Ray's dashboard (bound to 127.0.0.1)")
     max_failures: int = Field(3, ge=0, description="actor deaths to recover from (from the last checkpoint) per run")
+    batched: bool = Field(False, description="each actor trains its shard with the batched engine (many small models per actor or GPU share)")
 
 
 class EngineConfig(Strict):

@@ -224,7 +224,8 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
                 errors.append((f"defenses.{i}.nodes.{j}", f"node id {n} is out of range; ids run from 0 to {cfg.nodes - 1}"))
     if not errors:
         errors += plugin_checks(cfg, singles=False)
-    if not errors and cfg.engine.name == "batched" and cfg.topology.name != "centralized":
+    batched = cfg.engine.name == "batched" or (cfg.engine.name == "ray" and cfg.engine.ray.batched)
+    if not errors and batched and cfg.topology.name != "centralized":
         errors += batched_errors(cfg)
     return errors
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dfl import api
 from dfl.engines.ray import place, require_ray
-from dfl.errors import ParticipantError
+from dfl.errors import ConfigError, ParticipantError
 from dfl.experiment import parse_config
 from dfl.federation.population import Population
 from dfl.records import record_errors
@@ -50,6 +50,20 @@ def test_ray_and_serial_engines_give_identical_metrics(local_ray, tiny, write_cf
     on_ray = api.run(cfg, ["engine.name=ray"])
     assert on_ray.status == "complete"
     assert (on_ray.run_dir / "metrics.jsonl").read_bytes() == (serial.run_dir / "metrics.jsonl").read_bytes()
+
+
+def test_ray_actors_train_batched_shards_as_the_batched_engine_does(local_ray, tiny, write_cfg):
+    """engine.ray.batched: each actor trains its shard with the batched engine. One node per chunk on both
+    sides gives the same kernels, so the metrics are byte-identical to the in-process batched engine's."""
+    tiny["attackers"] = []
+    cfg = write_cfg(_cnn_ring(tiny))
+    in_process = api.run(cfg, ["engine.name=batched", "engine.batch_size=1"])
+    on_ray = api.run(cfg, ["engine.name=ray", "engine.ray.batched=true", "engine.batch_size=1"])
+    assert on_ray.status == "complete"
+    assert _metrics(on_ray.run_dir) == _metrics(in_process.run_dir)
+    refused = api.validate
+    with pytest.raises(ConfigError, match="defenses.0.name"):
+        refused(cfg, ["engine.name=ray", "engine.ray.batched=true", "defenses=[{name: mixup}]"])
 
 
 def test_engines_agree_on_every_record_kind_with_the_driver_on_other_threads(local_ray, tiny, write_cfg):

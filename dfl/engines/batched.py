@@ -83,10 +83,14 @@ class BatchedEngine(Engine):
 
     parallel_kernels = True
 
-    def __init__(self, population: Population) -> None:
+    def __init__(self, population: Population, node_ids: list[int] | None = None) -> None:
+        """``node_ids``: the nodes this engine hosts (a Ray actor's shard), by default all of them; rows
+        are in this order, and each node draws its batches and streams by its own id."""
         super().__init__(population)
         cfg = population.cfg
         self.cfg, self.training = cfg, cfg.training
+        self.ids = list(range(cfg.nodes)) if node_ids is None else list(node_ids)
+        self.n = len(self.ids)
         if population.device.type == "cpu":
             keep_freed_memory()
         self.device = population.device
@@ -107,10 +111,10 @@ class BatchedEngine(Engine):
         self.mean = torch.as_tensor(np.array(population.mean, dtype=np.float32)).reshape(-1, 1, 1).to(self.device)
         std = np.where(np.asarray(population.std) > 0, population.std, 1.0).astype(np.float32)
         self.std = torch.as_tensor(std).reshape(-1, 1, 1).to(self.device)
-        self.train_idx = [torch.from_numpy(ns.train) for ns in population.splits.nodes]
+        self.train_idx = [torch.from_numpy(population.splits.nodes[g].train) for g in self.ids]
         self.train_rows = _padded(self.train_idx).to(self.device)  # (n_nodes, most train samples), -1 padding
         self.eval_idx = self._eval_indices(population)
-        self.share_defenses = {i: d for i in range(self.n) if (d := population.defenses(i, ShareDefense))}
+        self.share_defenses = {j: d for j, g in enumerate(self.ids) if (d := population.defenses(g, ShareDefense))}
         self.train_defenses, self.defended = self._training_defenses(population)
         self.shell = _Shell(self.model, self.train_defenses)
         self.opt = _Optimizer(self.training, self.n, self.n_params, self.device)
@@ -125,8 +129,8 @@ class BatchedEngine(Engine):
         padding; indices into the train set), and for ``test`` the one shared subset ``(m,)``."""
         out = {"test": torch.from_numpy(population._subset(population.splits.test, 0)).to(self.device)}
         for tag, name in enumerate(("train", "holdout")):
-            subsets = [torch.from_numpy(population._subset(getattr(ns, name), 1 + tag, i))
-                       for i, ns in enumerate(population.splits.nodes)]
+            subsets = [torch.from_numpy(population._subset(getattr(population.splits.nodes[g], name), 1 + tag, g))
+                       for g in self.ids]
             out[name] = _padded(subsets).to(self.device)
         return out
 
@@ -143,7 +147,7 @@ class BatchedEngine(Engine):
             first = nodes[0]  # its chain holds this spec's instance at the position of the specs before it there
             position = sum(1 for j, other in specs if j < i and first in defended_nodes(cfg, other))
             found.append(population.defenses(first, TrainingDefense)[position])
-            flags.append([1.0 if n in set(nodes) else 0.0 for n in range(self.n)])
+            flags.append([1.0 if g in set(nodes) else 0.0 for g in self.ids])
         on = torch.tensor(flags, dtype=torch.float32).T.contiguous() if flags else torch.zeros((self.n, 0))
         return found, on.to(self.device)
 
@@ -190,8 +194,8 @@ class BatchedEngine(Engine):
     def train(self, round_idx: int) -> list[dict[str, float]]:
         if self.training.reset_optimizer:
             self.opt.reset()
-        plans = [local_batches(self.cfg.seed, i, round_idx, len(self.train_idx[i]), self.training)
-                 for i in range(self.n)]
+        plans = [local_batches(self.cfg.seed, g, round_idx, len(self.train_idx[j]), self.training)
+                 for j, g in enumerate(self.ids)]
         steps = [len(b) for b in plans]
         # Train a copy: the states mix() returned stay as they were this round (observers read them as the
         # round's start states). Two buffers take turns: mix() writes into the one training did not use.

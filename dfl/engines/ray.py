@@ -28,6 +28,7 @@ import networkx as nx
 import numpy as np
 import torch
 
+from dfl.engines.batched import BatchedEngine
 from dfl.engines.serial import evaluate_all
 from dfl.errors import ConfigError, EngineFault, ParticipantError, Terminated
 from dfl.federation.engine import Engine, default_threads, guarded
@@ -157,7 +158,6 @@ class ShardHost:
         return new.cpu().numpy()
 
     def evaluate(self, splits: list[str], round_idx: int | None) -> list[dict[str, float]]:
-
         return [guarded("evaluating", i, round_idx, partial(evaluate_all, p, splits))
                 for i, p in self.participants.items()]
 
@@ -167,6 +167,40 @@ class ShardHost:
     def restore(self, snaps: list[dict[str, Any]]) -> None:
         for p, s in zip(self.participants.values(), snaps, strict=True):
             p.restore(s)
+
+
+class BatchedShardHost:
+    """The body of a Ray actor with ``engine.ray.batched``: its shard trained by a :class:`BatchedEngine`."""
+
+    def __init__(self, population: Population, node_ids: list[int], threads: int) -> None:
+        self.engine = BatchedEngine(population, node_ids)
+        torch.set_num_threads(threads)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def train(self, round_idx: int) -> tuple[list[dict[str, float]], np.ndarray]:
+        return self.engine.train(round_idx), self.states()
+
+    def states(self) -> np.ndarray:
+        return self.engine.flat.cpu().numpy()
+
+    def mix(self, W_rows: np.ndarray, shards: list[list[int]], *shard_states: np.ndarray) -> np.ndarray:
+        rows: dict[int, torch.Tensor] = {}
+        for ids, arr in zip(shards, shard_states, strict=True):
+            t = _tensor(arr).to(self.engine.device)
+            rows.update({j: t[k] for k, j in enumerate(ids)})
+        self.engine.flat = gossip(rows, W_rows)
+        return self.engine.flat.cpu().numpy()
+
+    def evaluate(self, splits: list[str], round_idx: int | None) -> list[dict[str, float]]:
+        return self.engine.evaluate(splits, round_idx)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return self.engine.snapshot()
+
+    def restore(self, snaps: list[dict[str, Any]]) -> None:
+        self.engine.restore(snaps)
 
 
 class RayEngine(Engine):
@@ -205,7 +239,7 @@ class RayEngine(Engine):
         self.shards = place(build_graph(population.cfg, 0), self._n_actors())
         self._where = {i: (s, k) for s, ids in enumerate(self.shards) for k, i in enumerate(ids)}
         self._population_ref = ray.put(population)
-        self._actor_cls = ray.remote(ShardHost)
+        self._actor_cls = ray.remote(BatchedShardHost if rc.batched else ShardHost)
         self.actors = [self._start(s) for s in range(len(self.shards))]
         if not self._ready(START_TIMEOUT_S, raising=True):  # an actor the cluster has no room for waits forever
             raise ConfigError([("engine.ray.actors", f"{len(self.actors)} actors of {rc.cpus_per_actor:g} CPU and "
