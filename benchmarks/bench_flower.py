@@ -90,11 +90,12 @@ class Clock:
                 "test_acc": float(self.last.get("mean_test_acc", float("nan")))}
 
 
-def time_dfl(raw: dict[str, Any], engine: str, cpus: int, out: Path) -> dict[str, float]:
+def time_dfl(raw: dict[str, Any], engine: str, cpus: int, out: Path, threads: str | None = None) -> dict[str, float]:
     raw = copy.deepcopy(raw)
     raw["topology"] = {"name": "fully_connected"}
     raw["aggregator"] = {"name": "sample_weighted"}
-    raw["engine"] = {"name": engine, "threads": cpus if engine in ("serial", "batched") else 1}
+    default = cpus if engine in ("serial", "batched") else 1
+    raw["engine"] = {"name": engine, "threads": default if threads is None else (threads if threads == "auto" else int(threads))}
     if engine == "ray":
         raw["engine"]["ray"] = {"actors": cpus, "cpus_per_actor": 1.0}
     cfg = parse_config(raw)
@@ -120,6 +121,8 @@ def main() -> None:
     ap.add_argument("--rounds", nargs="+", type=int, default=[12, 6], help="rounds per workload (at least 3)")
     ap.add_argument("--engine", default="ray", choices=["serial", "ray", "batched"], help="dfl-sim engine")
     ap.add_argument("--cpus", type=int, default=2, help="CPU budget of both sides")
+    ap.add_argument("--threads", help="engine.threads of the dfl-sim side (a number or auto; default: --cpus for "
+                    "serial and batched, 1 per Ray actor)")
     ap.add_argument("--data-root", default=os.environ.get("DFL_SIM_DATA", "/work/shared/datasets"))
     args = ap.parse_args()
     rounds = dict(zip(args.workloads, args.rounds + [args.rounds[-1]] * len(args.workloads), strict=False))
@@ -128,7 +131,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads:
             raw = workload(name, max(3, rounds[name]), args.data_root)
-            dfl = time_dfl(raw, args.engine, args.cpus, Path(tmp))
+            dfl = time_dfl(raw, args.engine, args.cpus, Path(tmp), args.threads)
             print(f"{name}: dfl-sim ({args.engine}) {dfl}", flush=True)
             flwr = time_flower(raw, args.cpus)
             print(f"{name}: Flower {flwr}", flush=True)
