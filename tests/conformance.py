@@ -50,3 +50,10 @@ def check_defaults(registry: Any, required: dict[str, dict[str, Any]], name: str
         entry.parse_params(required[name])
     else:
         entry.parse_params({})
+
+
+def check_listed(rows: dict[str, list[str]], family: str, entry: Any) -> None:
+    """``entry`` has a one-line description and ``dfl-sim list FAMILY`` shows it in its row."""
+    assert entry.summary, f"{family} {entry.name!r} needs a one-line description (its docstring's first line)"
+    assert entry.name in rows, f"{entry.name!r} is not a row of `dfl-sim list {family}`: {sorted(rows)}"
+    assert rows[entry.name][2] == entry.summary

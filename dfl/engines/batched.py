@@ -111,8 +111,9 @@ class BatchedEngine(Engine):
         self.mean = torch.as_tensor(np.array(population.mean, dtype=np.float32)).reshape(-1, 1, 1).to(self.device)
         std = np.where(np.asarray(population.std) > 0, population.std, 1.0).astype(np.float32)
         self.std = torch.as_tensor(std).reshape(-1, 1, 1).to(self.device)
-        self.train_idx = [torch.from_numpy(population.splits.nodes[g].train) for g in self.ids]
-        self.train_rows = _padded(self.train_idx).to(self.device)  # (n_nodes, most train samples), -1 padding
+        train = [torch.from_numpy(population.splits.nodes[g].train) for g in self.ids]
+        self.train_counts = [len(t) for t in train]
+        self.train_rows = _padded(train).to(self.device)  # (n_nodes, most train samples), -1 padding
         self.eval_idx = self._eval_indices(population)
         self.share_defenses = {j: d for j, g in enumerate(self.ids) if (d := population.defenses(g, ShareDefense))}
         self.train_defenses, self.defended = self._training_defenses(population)
@@ -139,7 +140,7 @@ class BatchedEngine(Engine):
         check refuses the others) and ``(n_nodes, n_defenses)`` flags of the nodes each one defends."""
         cfg, found, flags = self.cfg, [], []
         specs = [(i, spec) for i, spec in enumerate(cfg.defenses)
-                 if isinstance(DEFENSES.get(spec.name).obj, type) and issubclass(DEFENSES.get(spec.name).obj, TrainingDefense)]
+                 if isinstance(obj := DEFENSES.get(spec.name).obj, type) and issubclass(obj, TrainingDefense)]
         for i, spec in specs:
             nodes = defended_nodes(cfg, spec)
             if not nodes:
@@ -194,7 +195,7 @@ class BatchedEngine(Engine):
     def train(self, round_idx: int) -> list[dict[str, float]]:
         if self.training.reset_optimizer:
             self.opt.reset()
-        plans = [local_batches(self.cfg.seed, g, round_idx, len(self.train_idx[j]), self.training)
+        plans = [local_batches(self.cfg.seed, g, round_idx, self.train_counts[j], self.training)
                  for j, g in enumerate(self.ids)]
         steps = [len(b) for b in plans]
         # Train a copy: the states mix() returned stay as they were this round (observers read them as the

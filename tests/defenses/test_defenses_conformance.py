@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conformance import check_defaults, defaults_fail, list_rows
+from conformance import check_defaults, check_listed, defaults_fail, list_rows
 from conftest import TINY
 from torch import nn
 
@@ -130,10 +130,7 @@ def test_config_validates(name: str) -> None:
 
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_is_listed(listing: dict[str, list[str]], name: str) -> None:
-    entry = DEFENSES.get(name)
-    assert entry.summary, f"defense {name!r} needs a one-line description (its docstring's first line)"
-    assert name in listing, f"{name!r} is not a row of `dfl-sim list defenses`: {sorted(listing)}"
-    assert listing[name][2] == entry.summary
+    check_listed(listing, "defenses", DEFENSES.get(name))
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())

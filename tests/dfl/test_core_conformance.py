@@ -15,7 +15,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from conformance import check_defaults, defaults_fail, list_rows
+from conformance import check_defaults, check_listed, defaults_fail, list_rows
 from conftest import TINY
 
 from dfl.errors import DataError
@@ -42,13 +42,6 @@ AGGREGATOR_REQUIRED: dict[str, dict[str, Any]] = {}
 def listing() -> dict[str, dict[str, list[str]]]:
     """``dfl-sim list FAMILY`` per family, run in-process on a terminal wide enough that no cell wraps."""
     return {family: list_rows(family) for family in ("datasets", "partitioners", "models", "aggregators")}
-
-
-def _check_listed(listing: dict[str, dict[str, list[str]]], family: str, entry: Any) -> None:
-    assert entry.summary, f"{family} {entry.name!r} needs a one-line description (its docstring's first line)"
-    rows = listing[family]
-    assert entry.name in rows, f"{entry.name!r} is not a row of `dfl-sim list {family}`: {sorted(rows)}"
-    assert rows[entry.name][2] == entry.summary
 
 
 def _config(**changes: Any) -> dict[str, Any]:
@@ -85,7 +78,7 @@ def test_dataset_config_validates(name: str) -> None:
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_dataset_is_listed(listing, name: str) -> None:
-    _check_listed(listing, "datasets", DATASETS.get(name))
+    check_listed(listing["datasets"], "datasets", DATASETS.get(name))
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -133,7 +126,7 @@ def test_partitioner_config_validates(name: str) -> None:
 
 @pytest.mark.parametrize("name", PARTITIONERS.names())
 def test_partitioner_is_listed(listing, name: str) -> None:
-    _check_listed(listing, "partitioners", PARTITIONERS.get(name))
+    check_listed(listing["partitioners"], "partitioners", PARTITIONERS.get(name))
 
 
 @pytest.mark.parametrize("name", PARTITIONERS.names())
@@ -172,7 +165,7 @@ def test_model_config_validates(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_model_is_listed(listing, name: str) -> None:
-    _check_listed(listing, "models", MODELS.get(name))
+    check_listed(listing["models"], "models", MODELS.get(name))
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -211,7 +204,7 @@ def test_aggregator_config_validates(name: str) -> None:
 
 @pytest.mark.parametrize("name", AGGREGATORS.names())
 def test_aggregator_is_listed(listing, name: str) -> None:
-    _check_listed(listing, "aggregators", AGGREGATORS.get(name))
+    check_listed(listing["aggregators"], "aggregators", AGGREGATORS.get(name))
 
 
 @pytest.mark.parametrize("name", AGGREGATORS.names())

@@ -13,7 +13,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import pytest
-from conformance import check_defaults, defaults_fail, list_rows
+from conformance import check_defaults, check_listed, defaults_fail, list_rows
 from conftest import TINY
 
 from dfl.experiment import parse_config
@@ -73,10 +73,7 @@ def test_config_validates(name: str) -> None:
 
 @pytest.mark.parametrize("name", TOPOLOGIES.names())
 def test_is_listed(listing: dict[str, list[str]], name: str) -> None:
-    entry = TOPOLOGIES.get(name)
-    assert entry.summary, f"topology {name!r} needs a one-line description (its docstring's first line)"
-    assert name in listing, f"{name!r} is not a row of `dfl-sim list topologies`: {sorted(listing)}"
-    assert listing[name][2] == entry.summary
+    check_listed(listing, "topologies", TOPOLOGIES.get(name))
 
 
 @pytest.mark.parametrize("name", TOPOLOGIES.names())
