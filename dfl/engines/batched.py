@@ -2,8 +2,9 @@
 
 Small models spend their time in Python and the dispatcher, not in arithmetic: one participant at a
 time, 10,000 MLP nodes cost a hundred seconds a round. Here the nodes' shared states are one
-``(n_nodes, n_params)`` tensor, and each local step is one ``vmap`` over nodes of
-``grad(loss)(params, x, y, mask)`` through ``functional_call`` on one shell of the model:
+``(n_nodes, n_state)`` tensor, and each local step is one ``vmap`` over nodes of
+``grad(loss)(params, x, y, mask)`` through ``functional_call`` on one shell of the model, by
+:class:`dfl.stacked.Trainer` (the trainer the attacks' shadow models use too):
 
 * **Batches** are the serial engine's: node ``i`` draws ``local_batches(seed, i, round, n_i)`` exactly
   as its participant would. Step ``s`` stacks every node's ``s``-th batch, padded to ``batch_size``
@@ -15,7 +16,7 @@ time, 10,000 MLP nodes cost a hundred seconds a round. Here the nodes' shared st
   per-node step count (``training.reset_optimizer`` zeroes the state each round).
 * **Evaluation** runs the same way: each node's evaluation subsets, padded and masked, in one ``vmap``.
 * **Chunks**: ``engine.batch_size`` nodes at a time (default: as many as fit a fixed working-memory
-  budget, :data:`CHUNK_BYTES`, computed from the config alone), so a shard larger than memory still
+  budget, :data:`dfl.stacked.CHUNK_BYTES`, computed from the config alone), so a shard larger than memory still
   runs. Like ``engine.threads``, the chunk size is part of the numerics: a convolution over 3 stacked
   nodes may take another kernel than over 4, so another chunk size agrees within float32 rounding.
 * **Sharing** is :func:`dfl.mixing.gossip_stacked`, bit-identical to the serial engine's gossip.
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import math
 import sys
 from typing import Any
 
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from dfl.config import defended_nodes
 from dfl.defense import ShareDefense, TrainingDefense
@@ -55,8 +55,7 @@ from dfl.federation.participant import local_batches, shared_tensors
 from dfl.federation.population import Population
 from dfl.mixing import gossip_stacked
 from dfl.registries import DEFENSES
-
-CHUNK_BYTES = 1 << 30  # working memory a chunk of nodes may take when engine.batch_size is not set
+from dfl.stacked import Layout, Optimizer, Trainer, batch_plan, chunk_size, padded, param_groups
 
 
 def keep_freed_memory() -> bool:
@@ -95,12 +94,7 @@ class BatchedEngine(Engine):
             keep_freed_memory()
         self.device = population.device
         self.model = copy.deepcopy(population.template()).to(self.device)  # a shell for functional_call
-        named = [(n, p) for n, p in self.model.named_parameters()]
-        named += [(n, b) for n, b in self.model.named_buffers() if b.is_floating_point()]
-        self.names = [n for n, _ in named]
-        self.shapes = [tuple(t.shape) for _, t in named]
-        self.sizes = [t.numel() for _, t in named]
-        self.n_params = sum(p.numel() for p in self.model.parameters())  # the trained part of a state
+        self.layout = Layout(self.model)
         flat = torch.cat([t.detach().reshape(-1).float() for t in shared_tensors(self.model)]).to(self.device)
         self.flat = flat.expand(self.n, -1).clone()  # (n_nodes, n_state): every node's shared state
         data = population.data
@@ -113,15 +107,17 @@ class BatchedEngine(Engine):
         self.std = torch.as_tensor(std).reshape(-1, 1, 1).to(self.device)
         train = [torch.from_numpy(population.splits.nodes[g].train) for g in self.ids]
         self.train_counts = [len(t) for t in train]
-        self.train_rows = _padded(train).to(self.device)  # (n_nodes, most train samples), -1 padding
+        self.train_rows = padded(train).to(self.device)  # (n_nodes, most train samples), -1 padding
         self.eval_idx = self._eval_indices(population)
         self.share_defenses = {j: d for j, g in enumerate(self.ids) if (d := population.defenses(g, ShareDefense))}
         self.train_defenses, self.defended = self._training_defenses(population)
         self.shell = _Shell(self.model, self.train_defenses)
-        self.opt = _Optimizer(self.training, self.n, self.n_params, self.device)
+        self.opt = Optimizer(self.training.optimizer, self.n, self.layout.n_params, self.device)
+        self.trainer = Trainer(self.layout, self.opt, self._loss)
         self._spare: torch.Tensor | None = None  # the other state buffer (see train and mix)
-        self.chunk = cfg.engine.batch_size or self._auto_chunk(data.shape)
-        self._param_groups = _param_groups(self.model, self.training)
+        self.chunk = cfg.engine.batch_size or chunk_size(
+            self.n, self.layout.n_state, self.training.batch_size, int(np.prod(data.shape)))
+        self._param_groups = param_groups(self.model, self.training.optimizer)
 
     # ------------------------------------------------------------------ setup
 
@@ -132,7 +128,7 @@ class BatchedEngine(Engine):
         for tag, name in enumerate(("train", "holdout")):
             subsets = [torch.from_numpy(population._subset(getattr(population.splits.nodes[g], name), 1 + tag, g))
                        for g in self.ids]
-            out[name] = _padded(subsets).to(self.device)
+            out[name] = padded(subsets).to(self.device)
         return out
 
     def _training_defenses(self, population: Population) -> tuple[list[TrainingDefense], torch.Tensor]:
@@ -152,23 +148,9 @@ class BatchedEngine(Engine):
         on = torch.tensor(flags, dtype=torch.float32).T.contiguous() if flags else torch.zeros((self.n, 0))
         return found, on.to(self.device)
 
-    def _auto_chunk(self, shape: tuple[int, ...]) -> int:
-        """Nodes per chunk: a node's step holds its state, gradient, optimizer state and a few copies
-        (about 6 state-sized tensors) and its batch's images (input and about 4 activation-sized copies)."""
-        per_node = 4 * (6 * self.flat.shape[1] + 5 * self.training.batch_size * math.prod(shape))
-        return max(1, min(self.n, CHUNK_BYTES // max(per_node, 1)))
-
     def _images(self, u8: torch.Tensor) -> torch.Tensor:
         """Normalised float32 images of a uint8 batch, the serial engine's ``to_float`` arithmetic."""
         return u8.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
-
-    def _tensors(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{name: (k, *shape)}`` views of the rows ``(k, n_state)`` for ``functional_call``."""
-        out, offset = {}, 0
-        for name, shape, size in zip(self.names, self.shapes, self.sizes, strict=True):
-            out[name] = rows[:, offset : offset + size].view(rows.shape[0], *shape)
-            offset += size
-        return out
 
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
               on: torch.Tensor) -> torch.Tensor:
@@ -209,7 +191,7 @@ class BatchedEngine(Engine):
         losses = torch.zeros(self.n, dtype=torch.float64)
         for lo in range(0, self.n, self.chunk):
             hi = min(lo + self.chunk, self.n)
-            losses[lo:hi] = self._train_chunk(new, lo, hi, _batch_plan(plans[lo:hi], self.training.batch_size))
+            losses[lo:hi] = self._train_chunk(new, lo, hi, batch_plan(plans[lo:hi], self.training.batch_size))
         for i, defenses in self.share_defenses.items():
             update = new[i] - start[i]
             for d in defenses:
@@ -219,37 +201,16 @@ class BatchedEngine(Engine):
         return [{"loss": float(losses[i]) if steps[i] else 0.0, "steps": float(steps[i])} for i in range(self.n)]
 
     def _train_chunk(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor) -> torch.Tensor:
-        """Every local step of nodes ``lo..hi-1``, in place in ``flat``; returns their mean losses.
-
-        ``plan``: ``(k, steps, batch_size)`` local sample indices, -1 where a batch is short or a node
-        has no batch at that step."""
-        plan = plan.to(self.device)
-        k = hi - lo
-        step_grad = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0, 0))
-        on = self.defended[lo:hi]
-        loss_sum = torch.zeros(k, dtype=torch.float32, device=self.device)
-        counts = (plan[:, :, 0] >= 0).sum(1).to(torch.float32)
+        """Every local step of nodes ``lo..hi-1``, in place in ``flat``; returns their mean losses."""
         rows_of = self.train_rows[lo:hi]
-        for s in range(plan.shape[1]):
-            local = plan[:, s]  # (k, batch_size)
-            mask = (local >= 0).to(torch.float32)
-            active = local[:, 0] >= 0
-            idx = torch.gather(rows_of, 1, local.clamp_min(0))  # global indices (padding: the node's first)
-            x = self._images(self.x_u8[idx])  # (k, batch_size, C, H, W)
-            y = self.y_all[idx]
-            if self.train_defenses:
-                y = F.one_hot(y, self.population.data.num_classes).to(x.dtype)
-            grads, loss = step_grad(self._tensors(flat[lo:hi]), x, y, mask, on)
-            every = bool(active.all())
-            self.opt.count(lo, hi, active)
-            offset = 0
-            for name, size in zip(self.names, self.sizes, strict=True):
-                if offset < self.n_params:  # parameters (float buffers after them are not trained)
-                    part = slice(offset, offset + size)
-                    self.opt.step(lo, hi, part, flat[lo:hi, part], grads[name].reshape(k, -1), active, every)
-                offset += size
-            loss_sum += torch.where(active, loss.detach(), torch.zeros_like(loss))
-        return (loss_sum / counts.clamp_min(1.0)).double().cpu()
+        one_hot = bool(self.train_defenses)
+
+        def fetch(lo: int, hi: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = torch.gather(rows_of, 1, local)  # global indices
+            x, y = self._images(self.x_u8[idx]), self.y_all[idx]  # (k, batch_size, C, H, W), (k, batch_size)
+            return x, (F.one_hot(y, self.population.data.num_classes).to(x.dtype) if one_hot else y)
+
+        return self.trainer.train(flat, lo, hi, plan, fetch, self.defended[lo:hi])
 
     # ------------------------------------------------------------------ sharing, evaluation
 
@@ -280,7 +241,7 @@ class BatchedEngine(Engine):
     def _evaluate_chunk(self, split: str, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Accuracy and mean cross-entropy of nodes ``lo..hi-1`` on their ``split`` subsets, ``(k,)`` each."""
         k, eb = hi - lo, self.cfg.eval.batch_size
-        params = self._tensors(self.flat[lo:hi])
+        params = self.layout.views(self.flat[lo:hi])
         shared = split == "test"
         forward = vmap(lambda p, x: functional_call(self.model, p, (x,)), in_dims=(0, None if shared else 0))
         rows = self.eval_idx[split] if shared else self.eval_idx[split][lo:hi]
@@ -312,16 +273,13 @@ class BatchedEngine(Engine):
         """Per node, the serial engine's checkpoint layout: the state, no integer buffers, and a PyTorch
         optimizer ``state_dict`` (so a checkpoint reads as one of the serial engine's)."""
         return [{"state": self.flat[i].cpu().clone(), "int_buffers": {},
-                 "optimizer": self.opt.state_dict(i, self._param_shapes(), self._param_groups)}
+                 "optimizer": self.opt.state_dict(i, self.layout.param_shapes, self._param_groups)}
                 for i in range(self.n)]
 
     def restore(self, snaps: list[dict[str, Any]]) -> None:
         self.flat = torch.stack([s["state"] for s in snaps]).to(self.device)
         for i, s in enumerate(snaps):
-            self.opt.load_state_dict(i, s["optimizer"], self._param_shapes())
-
-    def _param_shapes(self) -> list[tuple[int, ...]]:
-        return [tuple(p.shape) for p in self.model.parameters()]
+            self.opt.load_state_dict(i, s["optimizer"], self.layout.param_shapes)
 
 
 class _Shell(nn.Module):
@@ -335,129 +293,3 @@ class _Shell(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         return self.model(x), [d.penalty(self.model) for d in self.defenses]
-
-
-def _padded(rows: list[torch.Tensor]) -> torch.Tensor:
-    """Index vectors of different lengths as one ``(len(rows), longest)`` int64 matrix, -1 where short."""
-    out = torch.full((len(rows), max((len(r) for r in rows), default=0)), -1, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
-def _batch_plan(plans: list[list[torch.Tensor]], batch_size: int) -> torch.Tensor:
-    """Each node's batches (``local_batches``) as one ``(n_nodes, most steps, batch_size)`` matrix of local
-    sample indices, -1 where a batch is short or a node has no batch at that step."""
-    out = torch.full((len(plans), max((len(p) for p in plans), default=0), batch_size), -1, dtype=torch.long)
-    for i, batches in enumerate(plans):
-        for s, b in enumerate(batches):
-            out[i, s, : len(b)] = b
-    return out
-
-
-def _param_groups(model: torch.nn.Module, training: Any) -> list[dict[str, Any]]:
-    """The ``param_groups`` of the optimizer a serial participant builds, as its ``state_dict`` holds them."""
-    o = training.optimizer
-    params = list(copy.deepcopy(model).parameters())
-    if o.name == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return opt.state_dict()["param_groups"]
-
-
-class _Optimizer:
-    """PyTorch's SGD (momentum, weight decay) and Adam (L2 weight decay), one state row per node.
-
-    ``step`` takes the chunk's parameters ``(k, n_params)`` and gradients and returns the new parameters;
-    rows of inactive nodes come back unchanged and their state is not touched.
-    """
-
-    def __init__(self, training: Any, n: int, n_params: int, device: torch.device) -> None:
-        self.o = training.optimizer
-        self.n, self.n_params, self.device = n, n_params, device
-        self.reset()
-
-    def reset(self) -> None:
-        zeros = (self.n, self.n_params)
-        if self.o.name == "adam":
-            self.m = torch.zeros(zeros, device=self.device)
-            self.v = torch.zeros(zeros, device=self.device)
-            self.t = torch.zeros(self.n, dtype=torch.float64, device=self.device)
-        else:
-            self.buf = torch.zeros(zeros, device=self.device) if self.o.momentum else None
-        self.stepped = torch.zeros(self.n, dtype=torch.bool, device=self.device)  # whether any step was taken
-
-    def count(self, lo: int, hi: int, active: torch.Tensor) -> None:
-        """Mark the nodes of a step that took it (Adam's step counts, and whether any state exists)."""
-        self.stepped[lo:hi] |= active
-        if self.o.name == "adam":
-            self.t[lo:hi] += active.double()
-
-    @torch.no_grad()
-    def step(self, lo: int, hi: int, part: slice, p: torch.Tensor, g: torch.Tensor, active: torch.Tensor,
-             every: bool) -> None:
-        """One update of the parameter columns ``part`` of nodes ``lo..hi-1``, in place in ``p: (k, m)``.
-
-        ``every``: all nodes are active (no masking needed, the common case)."""
-        o, on = self.o, active[:, None]
-        if o.weight_decay:
-            g = g + o.weight_decay * p
-        if o.name == "adam":
-            b1, b2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which dfl-sim uses
-            m_old, v_old = self.m[lo:hi, part], self.v[lo:hi, part]
-            m, v = m_old.lerp(g, 1 - b1), v_old * b2 + (1 - b2) * g * g
-            tt = self.t[lo:hi].clamp_min(1.0)
-            step_size = (o.lr / (1 - b1 ** tt)).float()[:, None]
-            denom = v.sqrt() / torch.sqrt(1 - b2 ** tt).float()[:, None] + eps
-            new = p - step_size * (m / denom)
-            if every:
-                m_old.copy_(m), v_old.copy_(v), p.copy_(new)
-            else:
-                m_old.copy_(torch.where(on, m, m_old)), v_old.copy_(torch.where(on, v, v_old))
-                p.copy_(torch.where(on, new, p))
-            return
-        if self.buf is not None:
-            buf = self.buf[lo:hi, part]
-            if every:
-                g = buf.mul_(o.momentum).add_(g)
-            else:
-                buf.copy_(torch.where(on, buf * o.momentum + g, buf))
-                g = buf
-        if every:
-            p.sub_(o.lr * g)
-        else:
-            p.copy_(torch.where(on, p - o.lr * g, p))
-
-    def state_dict(self, i: int, shapes: list[tuple[int, ...]], groups: list[dict[str, Any]]) -> dict[str, Any]:
-        state: dict[int, dict[str, Any]] = {}
-        if bool(self.stepped[i]):
-            offset = 0
-            for k, shape in enumerate(shapes):
-                size = math.prod(shape)
-                part = slice(offset, offset + size)
-                if self.o.name == "adam":
-                    state[k] = {"step": torch.tensor(float(self.t[i])), "exp_avg": self.m[i, part].view(shape).cpu().clone(),
-                                "exp_avg_sq": self.v[i, part].view(shape).cpu().clone()}
-                elif self.buf is not None:
-                    state[k] = {"momentum_buffer": self.buf[i, part].view(shape).cpu().clone()}
-                offset += size
-        return {"state": state, "param_groups": copy.deepcopy(groups)}
-
-    def load_state_dict(self, i: int, sd: dict[str, Any], shapes: list[tuple[int, ...]]) -> None:
-        state = {int(k): v for k, v in sd.get("state", {}).items()}
-        self.stepped[i] = bool(state)
-        offset = 0
-        for k, shape in enumerate(shapes):
-            size = math.prod(shape)
-            part = slice(offset, offset + size)
-            s = state.get(k, {})
-            if self.o.name == "adam":
-                self.m[i, part] = s["exp_avg"].reshape(-1).to(self.device) if "exp_avg" in s else 0.0
-                self.v[i, part] = s["exp_avg_sq"].reshape(-1).to(self.device) if "exp_avg_sq" in s else 0.0
-                if "step" in s:
-                    self.t[i] = float(s["step"])
-            elif self.buf is not None:
-                mb = s.get("momentum_buffer")
-                self.buf[i, part] = mb.reshape(-1).to(self.device) if mb is not None else 0.0
-            offset += size

@@ -1,0 +1,260 @@
+"""Many models of one architecture as the rows of one tensor, trained together through ``torch.func``.
+
+One piece of code trains every model dfl-sim trains in bulk: the batched engine's participants
+(:mod:`dfl.engines.batched`) and the attacks' shadow and reference models (``attacks.shadow``). Each
+model is one row of a ``(k, n_state)`` float32 tensor -- its parameters, then its floating buffers, in
+the order of ``named_parameters()`` and ``named_buffers()`` -- and one local step of every row is one
+``vmap`` over rows of ``grad_and_value(loss)(params, x, y, mask, extra)`` through ``functional_call`` on
+one shell of the architecture:
+
+* **Plans**: a ``(k, steps, batch_size)`` matrix of each row's sample indices into its own data, -1
+  where a batch is short (a ragged last batch) or a row has no batch at that step (fewer samples, so
+  fewer steps). The per-row loss is the masked mean of the batch's cross-entropies; a row without a
+  batch at a step is inactive, and its parameters and optimizer state stay exactly as they were.
+* **Optimizers** are PyTorch's update rules with one state row per model (:class:`Optimizer`): SGD with
+  momentum and weight decay, Adam with its per-row step count; their checkpoints read as PyTorch's
+  ``state_dict``.
+* **Chunks**: callers train ``lo..hi`` slices of the rows, so ``k`` models larger than memory still
+  train (:func:`chunk_size` sizes them from a working-memory budget).
+
+Rows train independently: row ``i``'s result does not depend on the other rows, except through the
+kernels a batched product picks (so a chunk size is part of the numerics, within float32 rounding).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+CHUNK_BYTES = 1 << 30  # working memory a chunk of rows may take when no chunk size is given
+
+# loss(params, x, y, mask, extra) of one row: params ``{name: tensor}``, its padded batch, the batch's
+# mask (1.0 for real samples) and the row's ``extra`` vector (e.g. which defenses it runs)
+Loss = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# fetch(lo, hi, local) -> (x, y): the batch of rows lo..hi-1 at local sample indices ``local: (k, b)``
+Fetch = Callable[[int, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Layout:
+    """Where each parameter and floating buffer of ``model`` sits in a state row."""
+
+    def __init__(self, model: nn.Module) -> None:
+        named = list(model.named_parameters())
+        named += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(t.shape) for _, t in named]
+        self.sizes = [t.numel() for _, t in named]
+        self.n_params = sum(p.numel() for p in model.parameters())  # the trained part of a state
+        self.n_state = sum(self.sizes)
+        self.param_shapes = [tuple(p.shape) for p in model.parameters()]
+
+    def row(self, model: nn.Module) -> torch.Tensor:
+        """``model``'s state as one float32 row ``(n_state,)`` (a copy)."""
+        tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+        return torch.cat([tensors[n].detach().reshape(-1).float() for n in self.names])
+
+    def views(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: (k, *shape)}`` views of the rows ``(k, n_state)`` for ``functional_call``."""
+        out, offset = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes, strict=True):
+            out[name] = rows[:, offset : offset + size].view(rows.shape[0], *shape)
+            offset += size
+        return out
+
+    def param_parts(self) -> list[tuple[str, slice]]:
+        """The trained columns of a row, per parameter: ``(name, columns)``."""
+        out, offset = [], 0
+        for name, size in zip(self.names, self.sizes, strict=True):
+            if offset >= self.n_params:
+                break
+            out.append((name, slice(offset, offset + size)))
+            offset += size
+        return out
+
+
+def cross_entropy(model: nn.Module) -> Loss:
+    """The plain loss of a row: the masked mean cross-entropy of ``model`` (the shell) on its batch."""
+    def loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+             extra: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(functional_call(model, params, (x,)), y, reduction="none")
+        return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+
+    return loss
+
+
+def padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Index vectors of different lengths as one ``(len(rows), longest)`` int64 matrix, -1 where short."""
+    out = torch.full((len(rows), max((len(r) for r in rows), default=0)), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def batch_plan(plans: list[list[torch.Tensor]], batch_size: int) -> torch.Tensor:
+    """Each row's batches (lists of index vectors) as one ``(rows, most steps, batch_size)`` matrix, -1
+    where a batch is short or a row has no batch at that step."""
+    out = torch.full((len(plans), max((len(p) for p in plans), default=0), batch_size), -1, dtype=torch.long)
+    for i, batches in enumerate(plans):
+        for s, b in enumerate(batches):
+            out[i, s, : len(b)] = b
+    return out
+
+
+def chunk_size(n_rows: int, n_state: int, batch_size: int, sample_numel: int, budget: int = CHUNK_BYTES) -> int:
+    """Rows per chunk within ``budget`` bytes: a row's step holds its state, gradient, optimizer state
+    and a few copies (about 6 state-sized tensors) and its batch (input and about 4 activation copies)."""
+    per_row = 4 * (6 * n_state + 5 * batch_size * sample_numel)
+    return max(1, min(n_rows, budget // max(per_row, 1)))
+
+
+class Trainer:
+    """Local steps of rows of a ``(k, n_state)`` tensor, in place, with one :class:`Optimizer` row each."""
+
+    def __init__(self, layout: Layout, optimizer: Optimizer, loss: Loss) -> None:
+        self.layout, self.opt = layout, optimizer
+        self.step_grad = vmap(grad_and_value(loss), in_dims=(0, 0, 0, 0, 0))
+
+    def train(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor, fetch: Fetch,
+              extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Every step of ``plan`` (``(hi - lo, steps, batch_size)``, see the module docstring) for rows
+        ``lo..hi-1`` of ``flat``, in place; returns each row's mean loss over its steps, float64 on the CPU.
+
+        ``extra``: ``(hi - lo, m)`` per-row inputs of the loss (default: none)."""
+        device = flat.device
+        plan = plan.to(device)
+        k = hi - lo
+        extra = torch.zeros((k, 0), device=device) if extra is None else extra
+        loss_sum = torch.zeros(k, dtype=torch.float32, device=device)
+        counts = (plan[:, :, 0] >= 0).sum(1).to(torch.float32)
+        rows = flat[lo:hi]
+        params = self.layout.views(rows)
+        parts = self.layout.param_parts()
+        for s in range(plan.shape[1]):
+            local = plan[:, s]  # (k, batch_size)
+            mask = (local >= 0).to(torch.float32)
+            active = local[:, 0] >= 0
+            x, y = fetch(lo, hi, local.clamp_min(0))  # padding: the row's first sample, masked out
+            grads, loss = self.step_grad(params, x, y, mask, extra)
+            every = bool(active.all())
+            self.opt.count(lo, hi, active)
+            for name, part in parts:
+                self.opt.step(lo, hi, part, rows[:, part], grads[name].reshape(k, -1), active, every)
+            loss_sum += torch.where(active, loss.detach(), torch.zeros_like(loss))
+        return (loss_sum / counts.clamp_min(1.0)).double().cpu()
+
+
+def param_groups(model: nn.Module, o: Any) -> list[dict[str, Any]]:
+    """The ``param_groups`` of the optimizer (spec ``o``) PyTorch builds for ``model``, as its ``state_dict``
+    holds them."""
+    params = list(copy.deepcopy(model).parameters())
+    if o.name == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return opt.state_dict()["param_groups"]
+
+
+class Optimizer:
+    """PyTorch's SGD (momentum, weight decay) and Adam (L2 weight decay), one state row per model.
+
+    ``o``: the optimizer spec (``training.optimizer``: name, lr, momentum, weight_decay). ``step``
+    updates a chunk's parameter columns in place; rows of inactive models and their state stay as they were.
+    """
+
+    def __init__(self, o: Any, n: int, n_params: int, device: torch.device) -> None:
+        self.o = o
+        self.n, self.n_params, self.device = n, n_params, device
+        self.reset()
+
+    def reset(self) -> None:
+        zeros = (self.n, self.n_params)
+        if self.o.name == "adam":
+            self.m = torch.zeros(zeros, device=self.device)
+            self.v = torch.zeros(zeros, device=self.device)
+            self.t = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        else:
+            self.buf = torch.zeros(zeros, device=self.device) if self.o.momentum else None
+        self.stepped = torch.zeros(self.n, dtype=torch.bool, device=self.device)  # whether any step was taken
+
+    def count(self, lo: int, hi: int, active: torch.Tensor) -> None:
+        """Mark the rows of a step that took it (Adam's step counts, and whether any state exists)."""
+        self.stepped[lo:hi] |= active
+        if self.o.name == "adam":
+            self.t[lo:hi] += active.double()
+
+    @torch.no_grad()
+    def step(self, lo: int, hi: int, part: slice, p: torch.Tensor, g: torch.Tensor, active: torch.Tensor,
+             every: bool) -> None:
+        """One update of the parameter columns ``part`` of rows ``lo..hi-1``, in place in ``p: (k, m)``.
+
+        ``every``: all rows are active (no masking needed, the common case)."""
+        o, on = self.o, active[:, None]
+        if o.weight_decay:
+            g = g + o.weight_decay * p
+        if o.name == "adam":
+            b1, b2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which dfl-sim uses
+            m_old, v_old = self.m[lo:hi, part], self.v[lo:hi, part]
+            m, v = m_old.lerp(g, 1 - b1), v_old * b2 + (1 - b2) * g * g
+            tt = self.t[lo:hi].clamp_min(1.0)
+            step_size = (o.lr / (1 - b1 ** tt)).float()[:, None]
+            denom = v.sqrt() / torch.sqrt(1 - b2 ** tt).float()[:, None] + eps
+            new = p - step_size * (m / denom)
+            if every:
+                m_old.copy_(m), v_old.copy_(v), p.copy_(new)
+            else:
+                m_old.copy_(torch.where(on, m, m_old)), v_old.copy_(torch.where(on, v, v_old))
+                p.copy_(torch.where(on, new, p))
+            return
+        if self.buf is not None:
+            buf = self.buf[lo:hi, part]
+            if every:
+                g = buf.mul_(o.momentum).add_(g)
+            else:
+                buf.copy_(torch.where(on, buf * o.momentum + g, buf))
+                g = buf
+        if every:
+            p.sub_(o.lr * g)
+        else:
+            p.copy_(torch.where(on, p - o.lr * g, p))
+
+    def state_dict(self, i: int, shapes: list[tuple[int, ...]], groups: list[dict[str, Any]]) -> dict[str, Any]:
+        """Row ``i``'s state as ``torch.optim``'s ``state_dict`` for parameters of ``shapes``."""
+        state: dict[int, dict[str, Any]] = {}
+        if bool(self.stepped[i]):
+            offset = 0
+            for k, shape in enumerate(shapes):
+                size = math.prod(shape)
+                part = slice(offset, offset + size)
+                if self.o.name == "adam":
+                    state[k] = {"step": torch.tensor(float(self.t[i])), "exp_avg": self.m[i, part].view(shape).cpu().clone(),
+                                "exp_avg_sq": self.v[i, part].view(shape).cpu().clone()}
+                elif self.buf is not None:
+                    state[k] = {"momentum_buffer": self.buf[i, part].view(shape).cpu().clone()}
+                offset += size
+        return {"state": state, "param_groups": copy.deepcopy(groups)}
+
+    def load_state_dict(self, i: int, sd: dict[str, Any], shapes: list[tuple[int, ...]]) -> None:
+        """Set row ``i``'s state from a ``torch.optim`` ``state_dict`` (missing entries: zero)."""
+        state = {int(k): v for k, v in sd.get("state", {}).items()}
+        self.stepped[i] = bool(state)
+        offset = 0
+        for k, shape in enumerate(shapes):
+            size = math.prod(shape)
+            part = slice(offset, offset + size)
+            s = state.get(k, {})
+            if self.o.name == "adam":
+                self.m[i, part] = s["exp_avg"].reshape(-1).to(self.device) if "exp_avg" in s else 0.0
+                self.v[i, part] = s["exp_avg_sq"].reshape(-1).to(self.device) if "exp_avg_sq" in s else 0.0
+                if "step" in s:
+                    self.t[i] = float(s["step"])
+            elif self.buf is not None:
+                mb = s.get("momentum_buffer")
+                self.buf[i, part] = mb.reshape(-1).to(self.device) if mb is not None else 0.0
+            offset += size
