@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from attacks.base import AdversaryView, Labelled
+from dfl.stacked import Layout, Optimizer, Trainer, batch_plan, chunk_size, cross_entropy
 
 
 class ShadowParams(BaseModel):
@@ -38,6 +39,16 @@ class Shadow:
     outside: Labelled
 
 
+def _batches(n: int, batch_size: int, epochs: float, seed: int) -> list[torch.Tensor]:
+    """``round(epochs * ceil(n / batch_size))`` batches (at least one) of shuffled passes over ``n`` samples."""
+    g = torch.Generator().manual_seed(seed)
+    steps = max(1, round(epochs * math.ceil(n / batch_size)))
+    batches: list[torch.Tensor] = []
+    while len(batches) < steps:
+        batches += list(torch.randperm(n, generator=g).split(batch_size))
+    return batches[:steps]
+
+
 def train_model(view: AdversaryView, data: Labelled, epochs: float, seed: int) -> nn.Module:
     """A fresh model of the federation's architecture trained on ``data`` with the victims' recipe."""
     model = view.make_model()
@@ -45,14 +56,8 @@ def train_model(view: AdversaryView, data: Labelled, epochs: float, seed: int) -
     opt: torch.optim.Optimizer = (
         torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay) if o.name == "adam"
         else torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay))
-    g = torch.Generator().manual_seed(seed)
-    n, bs = len(data), view.recipe.batch_size
-    steps = max(1, round(epochs * math.ceil(n / bs)))
     model.train()
-    batches: list[torch.Tensor] = []
-    while len(batches) < steps:
-        batches += list(torch.randperm(n, generator=g).split(bs))
-    for idx in batches[:steps]:
+    for idx in _batches(len(data), view.recipe.batch_size, epochs, seed):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
         opt.step()
@@ -60,8 +65,47 @@ def train_model(view: AdversaryView, data: Labelled, epochs: float, seed: int) -
     return model
 
 
+def train_models(view: AdversaryView, datas: list[Labelled], epochs: float, seeds: list[int],
+                 chunk: int | None = None) -> list[nn.Module]:
+    """Fresh models trained on ``datas[i]`` with the victims' recipe and ``seeds[i]``'s batches.
+
+    With ``view.stacked`` (the batched engines) they train together as rows of one tensor through
+    :class:`dfl.stacked.Trainer`, ``chunk`` at a time (default: a working-memory budget), so ``k``
+    small models cost about one; each row draws the same batches as :func:`train_model` and agrees
+    with it within float32 rounding (the batched engine's tolerance). Otherwise, and for a single
+    model (which stacking cannot speed up), one at a time.
+    """
+    if not view.stacked or len(datas) == 1:
+        return [train_model(view, d, epochs, s) for d, s in zip(datas, seeds, strict=True)]
+    shell = view.make_model()
+    layout = Layout(shell)
+    k, bs = len(datas), view.recipe.batch_size
+    flat = layout.row(shell).expand(k, -1).clone()
+    plan = batch_plan([_batches(len(d), bs, epochs, s) for d, s in zip(datas, seeds, strict=True)], bs)
+    xs = torch.zeros((k, max(len(d) for d in datas), *datas[0].x.shape[1:]), dtype=datas[0].x.dtype)
+    ys = torch.zeros(xs.shape[:2], dtype=torch.long)
+    for i, d in enumerate(datas):
+        xs[i, : len(d)], ys[i, : len(d)] = d.x, d.y
+
+    def fetch(lo: int, hi: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(lo, hi)[:, None]
+        return xs[rows, local], ys[rows, local]
+
+    trainer = Trainer(layout, Optimizer(view.recipe.optimizer, k, layout.n_params, flat.device), cross_entropy(shell))
+    step = chunk or chunk_size(k, layout.n_state, bs, math.prod(xs.shape[2:]))
+    for lo in range(0, k, step):
+        hi = min(lo + step, k)
+        trainer.train(flat, lo, hi, plan[lo:hi], fetch)
+    models = []
+    for row in flat:
+        model = view.make_model()
+        view.load_state(model, row)
+        models.append(model.eval())
+    return models
+
+
 def shadow_models(view: AdversaryView, k: int, size: int | None, epochs: float | None) -> list[Shadow]:
-    """``k`` shadow models (cached in the view for this attacker and round).
+    """``k`` shadow models (cached in the view for this attacker and round), trained by :func:`train_models`.
 
     Each takes ``2 * size`` samples of the auxiliary pool (default size: the attacker's own training
     set, capped by half the pool), trains on one half and keeps the other as known non-members.
@@ -74,12 +118,13 @@ def shadow_models(view: AdversaryView, k: int, size: int | None, epochs: float |
     if half < 1:
         raise ValueError(f"attacker {view.attacker} has {len(aux)} auxiliary samples: too few for a shadow model")
     ep = epochs if epochs is not None else max(view.local_epochs_so_far, 1.0)
-    out = []
+    splits, seeds = [], []
     for s in range(k):
         idx = view.rng(s).permutation(len(aux))[: 2 * half]
-        inside, outside = aux.subset(idx[:half]), aux.subset(idx[half:])
-        seed = int(view.rng(100 + s).integers(2**62))
-        out.append(Shadow(train_model(view, inside, ep, seed), inside, outside))
+        splits.append((aux.subset(idx[:half]), aux.subset(idx[half:])))
+        seeds.append(int(view.rng(100 + s).integers(2**62)))
+    models = train_models(view, [inside for inside, _ in splits], ep, seeds)
+    out = [Shadow(m, inside, outside) for m, (inside, outside) in zip(models, splits, strict=True)]
     view.cache[key] = out
     return out
 

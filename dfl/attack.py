@@ -55,6 +55,7 @@ class AdversaryView:
     query: dict[int, Callable[[torch.Tensor], torch.Tensor]]  # neighbour -> black-box probabilities
     seed: int
     cache: dict[str, Any] = field(default_factory=dict)  # per (attacker, round): shadow models, thresholds
+    stacked: bool = False  # train extra models (shadow, reference) together through dfl.stacked (batched engines)
 
     def victim_model(self, victim: int) -> nn.Module:
         """White-box access: a model holding the state ``victim`` shared with the attacker this round."""

@@ -56,6 +56,8 @@ class Adversary:
         self._aux = population.train_pool(splits.auxiliary) if len(splits.auxiliary) else None
         self._epochs_per_round = self._local_epochs_per_round()
         self._chains = {i: population.query_defenses(i) for i in range(cfg.nodes)}
+        # on the batched engine the attacks' extra models train batched too (same tolerance as the engine)
+        self._stacked = cfg.engine.name == "batched" or (cfg.engine.name == "ray" and cfg.engine.ray.batched)
 
     def _local_epochs_per_round(self) -> float:
         t = self.cfg.training
@@ -124,7 +126,7 @@ class Adversary:
             query={j: _query_api(victim_model, j, self._chains[j],
                                  torch_generator(self.cfg.seed, QUERY, j, r, a + 1))
                    for j in sorted(set(neighbours) | set(queried))},
-            seed=self.cfg.seed,
+            seed=self.cfg.seed, stacked=self._stacked,
         )
 
     def evaluation_set(self, attacker: int, victim: int, samples: int, r: int) -> tuple[np.ndarray, np.ndarray, bool]:
