@@ -232,56 +232,83 @@ def consensus_distance(states: torch.Tensor) -> float:
     return float(torch.cat(norms).mean().item())
 
 
-CONSENSUS_BLOCK_BYTES = 1 << 26
+CONSENSUS_BLOCK_BYTES = 1 << 22  # small enough that the float64 temporaries stay in cache (bit-identical at any size)
 
 
 GOSSIP_BLOCK_BYTES = 1 << 28  # gossip_stacked's temporaries per block of rows
 
 
-def gossip_stacked(states: torch.Tensor, W: FloatArray, out: torch.Tensor | None = None) -> torch.Tensor:
+class GossipPlan:
+    """A mixing matrix's nonzero weights laid out for :func:`gossip_stacked`, computed once per matrix.
+
+    Row ``i``'s nonzero weights, in increasing column order, are slots ``k = 0, 1, ...``; slot ``k``
+    holds every row that has a ``k``-th nonzero weight (rows increasing), its column and its weight.
+    Finding them scans the dense ``(n_rows, n_nodes)`` matrix, which at thousands of nodes costs more
+    than the gossip itself: an engine keeps the plan while the matrix stays the same.
+    """
+
+    def __init__(self, W: FloatArray) -> None:
+        W = np.asarray(W, dtype=np.float64)
+        if W.ndim != 2:
+            raise ValueError(f"W must be (n_rows, n_nodes), got shape {W.shape}")
+        self.shape: tuple[int, int] = (int(W.shape[0]), int(W.shape[1]))
+        rows, cols = np.nonzero(W)  # row-major: each row's columns in increasing order
+        counts = np.bincount(rows, minlength=W.shape[0])
+        slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        self.slots: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for k in range(int(counts.max()) if len(counts) else 0):
+            pick = slot == k
+            self.slots.append((rows[pick], cols[pick], W[rows[pick], cols[pick]]))
+
+
+def gossip_stacked(states: torch.Tensor, W: FloatArray | GossipPlan, out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`gossip` for all nodes at once, bit-identical to it: ``(n_nodes, n_params) -> (n_rows, n_params)``.
 
-    The rows' nonzero weights are laid out as slots ``k = 0, 1, ...`` in increasing column order; slot
-    ``k`` is one gathered multiply and one add over the rows that have a ``k``-th neighbour, so each row
-    sees exactly :func:`gossip_row`'s operations in its order (a few tensor operations per round, where
-    :func:`gossip` makes a few per node: what the batched engine needs for thousands of nodes). Rows go
-    in blocks whose temporaries stay under :data:`GOSSIP_BLOCK_BYTES`. ``out``: a ``(n_rows, n_params)``
-    tensor to write into (not ``states``), or ``None`` for a new one.
+    ``W``: the mixing matrix, or its :class:`GossipPlan` (which an engine keeps while ``W`` is unchanged).
+    Slot ``k`` of the plan is one gathered multiply and one add over the rows that have a ``k``-th
+    nonzero weight, so each row sees exactly :func:`gossip_row`'s operations in its order (a few tensor
+    operations per round, where :func:`gossip` makes a few per node: what the batched engine needs for
+    thousands of nodes). Rows go in blocks whose temporaries stay under :data:`GOSSIP_BLOCK_BYTES`.
+    ``out``: a ``(n_rows, n_params)`` tensor to write into (not ``states``), or ``None`` for a new one.
     """
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2 or states.ndim != 2 or W.shape[1] != states.shape[0]:
+    plan = W if isinstance(W, GossipPlan) else GossipPlan(W)
+    n_rows, n_nodes = plan.shape
+    if states.ndim != 2 or n_nodes != states.shape[0]:
         raise ValueError(f"W must be (n_rows, n_nodes) and states (n_nodes, n_params) with matching n_nodes,"
-                         f" got W {W.shape} and states {tuple(states.shape)}")
+                         f" got W {plan.shape} and states {tuple(states.shape)}")
     if out is None:
-        out = torch.zeros((W.shape[0], states.shape[1]), dtype=states.dtype, device=states.device)
-    elif out.shape != (W.shape[0], states.shape[1]) or out.data_ptr() == states.data_ptr():
-        raise ValueError(f"out must be a ({W.shape[0]}, {states.shape[1]}) tensor other than states")
+        out = torch.zeros((n_rows, states.shape[1]), dtype=states.dtype, device=states.device)
+    elif out.shape != (n_rows, states.shape[1]) or out.data_ptr() == states.data_ptr():
+        raise ValueError(f"out must be a ({n_rows}, {states.shape[1]}) tensor other than states")
     else:
         out.zero_()  # rows without a nonzero weight stay 0, as in gossip
-    block = max(1, GOSSIP_BLOCK_BYTES // max(1, 2 * states.shape[1] * states.element_size()))
+    block = max(1, GOSSIP_BLOCK_BYTES // max(1, states.shape[1] * states.element_size()))
     with torch.no_grad():
-        for r0 in range(0, W.shape[0], block):
-            _gossip_block(states, W[r0 : r0 + block], out[r0 : r0 + block])
+        term = torch.empty((min(block, n_rows), states.shape[1]), dtype=states.dtype, device=states.device)
+        for r0 in range(0, n_rows, block):
+            _gossip_block(states, plan, r0, min(r0 + block, n_rows), out[r0 : r0 + block], term)
     return out
 
 
-def _gossip_block(states: torch.Tensor, W: FloatArray, out: torch.Tensor) -> None:
-    rows, cols = np.nonzero(W)  # row-major: each row's columns in increasing order
-    counts = np.bincount(rows, minlength=W.shape[0])
-    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    for k in range(int(counts.max()) if len(counts) else 0):
-        pick = slot == k
-        r = torch.from_numpy(rows[pick]).to(states.device)
-        c = torch.from_numpy(cols[pick]).to(states.device)
+def _gossip_block(states: torch.Tensor, plan: GossipPlan, r0: int, r1: int, out: torch.Tensor,
+                  buffer: torch.Tensor) -> None:
+    """Rows ``r0..r1-1`` of the gossip into ``out``; ``buffer``: scratch of at least ``r1 - r0`` rows."""
+    for k, (rows, cols, weights) in enumerate(plan.slots):
+        a, b = np.searchsorted(rows, (r0, r1))
+        if a == b:
+            continue
+        c = torch.from_numpy(cols[a:b]).to(states.device)
         # weights rounded to the states' dtype, as torch.mul(x, float(w)) rounds them in gossip_row
-        w = torch.from_numpy(W[rows[pick], cols[pick]]).to(states.dtype).to(states.device)[:, None]
-        term = torch.mul(states[c], w)
-        if len(r) == out.shape[0]:  # every row has a k-th neighbour (a regular graph): no scatter needed
+        w = torch.from_numpy(weights[a:b]).to(states.dtype).to(states.device)[:, None]
+        if b - a == r1 - r0:  # every row of the block has a k-th weight (a regular graph): no scatter
             if k == 0:
-                out.copy_(term)
+                torch.index_select(states, 0, c, out=out).mul_(w)
             else:
-                out.add_(term)
-        elif k == 0:
+                out.add_(torch.index_select(states, 0, c, out=buffer[: b - a]).mul_(w))
+            continue
+        term = torch.index_select(states, 0, c, out=buffer[: b - a]).mul_(w)
+        r = torch.from_numpy(rows[a:b] - r0).to(states.device)
+        if k == 0:
             out[r] = term
         else:
             out[r] += term

@@ -197,7 +197,7 @@ class Optimizer:
         ``every``: all rows are active (no masking needed, the common case)."""
         o, on = self.o, active[:, None]
         if o.weight_decay:
-            g = g + o.weight_decay * p
+            g = g.add(p, alpha=o.weight_decay)  # torch.optim's arithmetic, in its order
         if o.name == "adam":
             b1, b2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which dfl-sim uses
             m_old, v_old = self.m[lo:hi, part], self.v[lo:hi, part]
@@ -220,9 +220,9 @@ class Optimizer:
                 buf.copy_(torch.where(on, buf * o.momentum + g, buf))
                 g = buf
         if every:
-            p.sub_(o.lr * g)
+            p.add_(g, alpha=-o.lr)
         else:
-            p.copy_(torch.where(on, p - o.lr * g, p))
+            p.copy_(torch.where(on, p.add(g, alpha=-o.lr), p))
 
     def state_dict(self, i: int, shapes: list[tuple[int, ...]], groups: list[dict[str, Any]]) -> dict[str, Any]:
         """Row ``i``'s state as ``torch.optim``'s ``state_dict`` for parameters of ``shapes``."""

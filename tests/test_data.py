@@ -87,6 +87,19 @@ def test_synthetic_params_and_seed() -> None:
     assert not np.array_equal(a.x_train, c.x_train)
 
 
+def test_synthetic_images_in_blocks_equal_the_one_piece_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dfl.data.synthetic as synthetic
+
+    protos = np.random.default_rng(1).uniform(size=(3, 2, 4, 4))
+    labels = np.random.default_rng(2).integers(0, 3, 50)
+    rng = np.random.default_rng(3)
+    x = protos[labels] + 0.3 * rng.standard_normal((50, 2, 4, 4))
+    expected = np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    monkeypatch.setattr(synthetic, "SAMPLE_BLOCK", 7)  # 8 blocks, the last one short
+    got = synthetic.sample_images(protos, labels, 0.3, np.random.default_rng(3))
+    assert got.dtype == np.uint8 and np.array_equal(got, expected)
+
+
 def test_image_data_validates() -> None:
     x = np.zeros((2, 1, 4, 4), np.uint8)
     with pytest.raises(DataError, match="uint8"):

@@ -36,9 +36,19 @@ def class_balanced_labels(n: int, num_classes: int, rng: np.random.Generator) ->
 def sample_images(
     prototypes: np.ndarray, labels: np.ndarray, noise: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """``clip(prototypes[labels] + noise * N(0, I), 0, 1)`` as uint8; ``prototypes``: ``(K, C, H, W)`` in [0, 1]."""
-    x = prototypes[labels] + noise * rng.standard_normal((len(labels), *prototypes.shape[1:]))
-    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """``clip(prototypes[labels] + noise * N(0, I), 0, 1)`` as uint8; ``prototypes``: ``(K, C, H, W)`` in [0, 1].
+
+    Generated in blocks of :data:`SAMPLE_BLOCK` images, so the float64 temporaries stay small however many
+    images there are; the draws come from ``rng`` in the same order as in one piece (the same images)."""
+    out = np.empty((len(labels), *prototypes.shape[1:]), dtype=np.uint8)
+    for a in range(0, len(labels), SAMPLE_BLOCK):
+        part = labels[a : a + SAMPLE_BLOCK]
+        x = prototypes[part] + noise * rng.standard_normal((len(part), *prototypes.shape[1:]))
+        out[a : a + len(part)] = np.rint(np.clip(x, 0.0, 1.0) * 255.0)
+    return out
+
+
+SAMPLE_BLOCK = 4096
 
 
 @DATASETS.register("synthetic", params=SyntheticParams)

@@ -53,7 +53,7 @@ from dfl.defense import ShareDefense, TrainingDefense
 from dfl.federation.engine import Engine
 from dfl.federation.participant import local_batches, shared_tensors
 from dfl.federation.population import Population
-from dfl.mixing import gossip_stacked
+from dfl.mixing import GossipPlan, gossip_stacked
 from dfl.registries import DEFENSES
 from dfl.stacked import Layout, Optimizer, Trainer, batch_plan, chunk_size, padded, param_groups
 
@@ -115,6 +115,7 @@ class BatchedEngine(Engine):
         self.opt = Optimizer(self.training.optimizer, self.n, self.layout.n_params, self.device)
         self.trainer = Trainer(self.layout, self.opt, self._loss)
         self._spare: torch.Tensor | None = None  # the other state buffer (see train and mix)
+        self._plan: tuple[np.ndarray, GossipPlan] | None = None  # the last mixing matrix and its gossip plan
         self.chunk = cfg.engine.batch_size or chunk_size(
             self.n, self.layout.n_state, self.training.batch_size, int(np.prod(data.shape)))
         self._param_groups = param_groups(self.model, self.training.optimizer)
@@ -223,7 +224,9 @@ class BatchedEngine(Engine):
         The tensors ``share`` and ``mix`` return are the engine's buffers: valid for the round; an observer
         that keeps one past it copies it (as the inversion scorer does)."""
         spare = self.flat if self.flat.data_ptr() != shared.data_ptr() else None
-        self.flat = gossip_stacked(shared, W, out=spare)
+        if self._plan is None or self._plan[0] is not W:  # the loop hands the same W while the graph stays
+            self._plan = (W, GossipPlan(W))
+        self.flat = gossip_stacked(shared, self._plan[1], out=spare)
         self._spare = shared  # trained into again next round
         return self.flat
 

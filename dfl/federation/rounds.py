@@ -79,6 +79,7 @@ class Federation:
         self.timings: dict[str, float] = {}
         self._counts = population.sample_counts()
         self.starts = starts  # the nodes' states at the start of the next round (None: the initial model)
+        self._mixing: tuple[nx.Graph, np.ndarray] | None = None  # the last graph and its mixing matrix
 
     def _starts(self) -> torch.Tensor:
         if self.starts is None:
@@ -87,8 +88,18 @@ class Federation:
         return self.starts
 
     def mixing_matrix(self, graph: nx.Graph) -> np.ndarray:
-        """``W: (n_nodes, n_nodes)`` of the configured aggregator on ``graph``."""
-        return build_mixing(self.cfg, graph, self._counts)
+        """``W: (n_nodes, n_nodes)`` of the configured aggregator on ``graph``, read-only.
+
+        A mixing rule is a function of the graph (and the fixed sample counts), so while the graph stays
+        the same (edges and attributes) the loop hands the engines the same array: at thousands of
+        nodes building the dense matrix costs more than a round's gossip, and an engine may keep what it
+        derived from it (the batched engine's gossip plan)."""
+        if self._mixing is not None and nx.utils.graphs_equal(self._mixing[0], graph):
+            return self._mixing[1]
+        W = build_mixing(self.cfg, graph, self._counts)
+        W.flags.writeable = False
+        self._mixing = (graph, W)
+        return W
 
     def is_eval_round(self, round_idx: int) -> bool:
         r = round_idx + 1

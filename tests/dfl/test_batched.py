@@ -23,7 +23,7 @@ from dfl.errors import ConfigError
 from dfl.experiment import parse_config
 from dfl.federation import Federation
 from dfl.federation.population import Population
-from dfl.mixing import gossip, gossip_stacked
+from dfl.mixing import GossipPlan, gossip, gossip_stacked
 
 PARAM_TOL = 1e-5
 ACC_TOL = 0.02
@@ -219,6 +219,15 @@ def test_gossip_stacked_in_small_row_blocks_is_still_bit_identical(monkeypatch: 
     W /= W.sum(1, keepdims=True)
     x = torch.randn(30, 200, generator=torch.Generator().manual_seed(7))
     assert torch.equal(gossip_stacked(x, W), gossip(x, W))
+    plan, out = GossipPlan(W), torch.full((30, 200), 7.0)
+    for _ in range(2):  # a kept plan, into a used buffer
+        assert torch.equal(gossip_stacked(x, plan, out=out), gossip(x, W))
+    ring = np.zeros((30, 30))
+    for i in range(30):  # regular: every block row has every slot
+        ring[i, [i - 1, i, (i + 1) % 30]] = [0.25, 0.5, 0.25]
+    assert torch.equal(gossip_stacked(x, ring), gossip(x, ring))
+    W[[4, 11]] = 0.0  # rows without a weight stay 0
+    assert torch.equal(gossip_stacked(x, W), gossip(x, W)) and not gossip_stacked(x, W)[4].any()
 
 
 def test_attacks_observe_the_batched_federation() -> None:

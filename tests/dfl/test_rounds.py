@@ -57,3 +57,23 @@ def test_a_sink_receives_each_rounds_records_in_order() -> None:
     assert fed.run() == "complete" and fed.records == []
     assert [[r["kind"] for r in b][-1] for b in batches] == ["round", "round"]
     assert [b[0]["kind"] for b in batches] == ["train", "train"]
+
+
+def test_the_mixing_matrix_is_kept_while_the_graph_stays_and_rebuilt_when_it_changes() -> None:
+    import networkx as nx
+    import numpy as np
+
+    from dfl.topology import build_graph, build_mixing
+
+    cfg = parse_config(tiny())
+    fed = Federation(cfg, Population.from_config(cfg), SerialEngine.__new__(SerialEngine))
+    ring = build_graph(cfg, 0)
+    W = fed.mixing_matrix(ring)
+    assert fed.mixing_matrix(build_graph(cfg, 1)) is W and not W.flags.writeable
+    assert np.array_equal(W, build_mixing(cfg, ring, fed._counts))
+    other = nx.path_graph(cfg.nodes)  # another graph: another matrix
+    W2 = fed.mixing_matrix(other)
+    assert W2 is not W and np.array_equal(W2, build_mixing(cfg, other, fed._counts))
+    weighted = nx.path_graph(cfg.nodes)
+    nx.set_edge_attributes(weighted, 2.0, "weight")  # the same edges with other attributes are another graph
+    assert fed.mixing_matrix(weighted) is not W2
