@@ -18,7 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from attacks.base import AdversaryView, Labelled
-from dfl.stacked import Layout, Optimizer, Trainer, batch_plan, chunk_size, cross_entropy
+from dfl.stacked import (
+    Layout,
+    Optimizer,
+    Trainer,
+    activation_numel,
+    batch_plan,
+    chunk_size,
+    cross_entropy,
+    vmap_pays,
+)
 
 
 class ShadowParams(BaseModel):
@@ -87,12 +96,15 @@ def train_models(view: AdversaryView, datas: list[Labelled], epochs: float, seed
     for i, d in enumerate(datas):
         xs[i, : len(d)], ys[i, : len(d)] = d.x, d.y
 
-    def fetch(lo: int, hi: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.arange(lo, hi)[:, None]
-        return xs[rows, local], ys[rows, local]
+    def fetch(lo: int, hi: int, step: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        rows, local = torch.arange(lo, hi)[:, None], local.clamp_min(0)
+        return xs[rows, local], ys[rows, local], None
 
-    trainer = Trainer(layout, Optimizer(view.recipe.optimizer, k, layout.n_params, flat.device), cross_entropy(shell))
-    step = chunk or chunk_size(k, layout.n_state, bs, math.prod(xs.shape[2:]))
+    rowwise = not vmap_pays(shell, flat.device)
+    trainer = Trainer(layout, Optimizer(view.recipe.optimizer, k, layout.n_params, flat.device), cross_entropy(shell),
+                      rowwise=rowwise)
+    shape = tuple(xs.shape[2:])
+    step = chunk or chunk_size(k, layout.n_state, bs, math.prod(shape), activation_numel(shell, shape), rowwise)
     for lo in range(0, k, step):
         hi = min(lo + step, k)
         trainer.train(flat, lo, hi, plan[lo:hi], fetch)

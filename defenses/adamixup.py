@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from defenses.mixup import beta
+from defenses.mixup import beta, weights
 from dfl.defense import TrainingDefense
 from dfl.registries import DEFENSES
 
@@ -32,10 +32,20 @@ class AdaMixup(TrainingDefense):
     """Mixed images with a decaying Beta parameter, labelled by the dominant sample."""
 
     params: AdaMixupParams
+    draws = True
+
+    def draw(self, size: int, progress: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``lam`` (a float64 scalar tensor) at this point of the schedule and the partner permutation."""
+        lam = beta(strength(self.params.a0, self.params.a_end, progress), g)
+        return torch.tensor(lam, dtype=torch.float64), torch.randperm(size, generator=g)
+
+    def apply(self, x: torch.Tensor, target: torch.Tensor,
+              drawn: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        lam, perm = drawn
+        perm = perm.to(x.device)
+        a, b = weights(lam, x.dtype)
+        return a * x + b * x[perm], torch.where(lam >= 0.5, target, target[perm])
 
     def batch(self, x: torch.Tensor, target: torch.Tensor, progress: float,
               g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        lam = beta(strength(self.params.a0, self.params.a_end, progress), g)
-        perm = torch.randperm(len(x), generator=g).to(x.device)
-        label = target if lam >= 0.5 else target[perm]
-        return lam * x + (1 - lam) * x[perm], label
+        return self.apply(x, target, self.draw(len(x), progress, g))

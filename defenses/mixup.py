@@ -29,10 +29,26 @@ class Mixup(TrainingDefense):
     """Mixed images, mixed soft labels."""
 
     params: MixupParams
+    draws = True
+
+    def draw(self, size: int, progress: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``lam`` (a float64 scalar tensor) and the partner permutation."""
+        lam = beta(self.params.alpha, g)
+        return torch.tensor(lam, dtype=torch.float64), torch.randperm(size, generator=g)
+
+    def apply(self, x: torch.Tensor, target: torch.Tensor,
+              drawn: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        lam, perm = drawn
+        perm = perm.to(x.device)
+        a, b = weights(lam, x.dtype)
+        soft = target if target.ndim == 2 else torch.nn.functional.one_hot(target, self.ctx.num_classes).to(x.dtype)
+        return a * x + b * x[perm], a * soft + b * soft[perm]
 
     def batch(self, x: torch.Tensor, target: torch.Tensor, progress: float,
               g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        lam = beta(self.params.alpha, g)
-        perm = torch.randperm(len(x), generator=g).to(x.device)
-        soft = target if target.ndim == 2 else torch.nn.functional.one_hot(target, self.ctx.num_classes).to(x.dtype)
-        return lam * x + (1 - lam) * x[perm], lam * soft + (1 - lam) * soft[perm]
+        return self.apply(x, target, self.draw(len(x), progress, g))
+
+
+def weights(lam: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lam`` and ``1 - lam`` (computed in float64, as Python floats would be) rounded to ``dtype``."""
+    return lam.to(dtype), (1 - lam).to(dtype)

@@ -124,6 +124,7 @@ class EngineConfig(Strict):
 
     name: Literal["serial", "ray", "batched"] = Field("serial", description="serial: one participant at a time; ray: on Ray actors; batched: every participant as rows of stacked tensors (torch.func), for many small models")
     batch_size: int | None = Field(None, gt=0, description="batched: participants trained at once (default: as many as fit about 1 GiB of working memory)")
+    vmap: bool | Literal["auto"] = Field("auto", description="batched: every node's gradient in one vmap (true) or node by node into the stacked state (false: faster for convolutions on CPU, which vmap turns into grouped convolutions); auto: node by node for models with convolutions on CPU, one vmap otherwise; part of the numerics")
     threads: int | Literal["auto"] | None = Field(None, description="torch threads per worker process (default 1); auto: the CPUs this process may use for the batched engine (its batched products scale), 1 for the others (one small model per participant only waits on more threads); part of the numerics: CPU kernels reduce by thread count")
     ray: RayConfig = Field(default_factory=RayConfig)
 

@@ -113,6 +113,10 @@ class TrainingDefense:
     #: ``batch`` and ``penalty`` are pure tensor functions that draw nothing from ``g`` and ignore
     #: ``progress``: the batched engine then runs them per node under ``vmap`` (else it refuses the defense)
     batched: ClassVar[bool] = False
+    #: ``batch(x, target, progress, g)`` is ``apply(x, target, draw(len(x), progress, g))``: every random
+    #: number comes from ``draw`` and ``apply`` is a pure tensor function of them. The batched engine then
+    #: draws per node from the node's own stream, in the serial engine's order, and applies under ``vmap``
+    draws: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel, ctx: DefenseContext) -> None:
         self.params = params
@@ -122,6 +126,18 @@ class TrainingDefense:
               g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, target)`` with ``target`` class indices ``(B,)`` or class probabilities ``(B, K)``."""
         return x, target
+
+    def draw(self, size: int, progress: float, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """The random numbers ``batch`` takes for a batch of ``size`` samples, as tensors (``draws = True``).
+
+        Index tensors must be permutations of ``range(size)`` or indices below ``size``, so that the batched
+        engine can pad them to its batch width with the identity."""
+        raise NotImplementedError(f"{type(self).__name__} does not split its draws from its batch rewrite")
+
+    def apply(self, x: torch.Tensor, target: torch.Tensor,
+              drawn: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch``'s rewrite given ``draw``'s numbers (``draws = True``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split its draws from its batch rewrite")
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         """A term added to the batch loss (``None``: nothing)."""

@@ -234,15 +234,16 @@ PROBE_SHAPE = (3, 32, 32)  # the input shape a model is built with to check its 
 
 
 def batched_errors(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """What the batched engine cannot run: training-time defenses that are not pure rewrites (``batched``;
-    DP-SGD among them), BatchNorm and dropout (state and randomness it does not carry per node)."""
+    """What the batched engine cannot run: training-time defenses that are neither pure rewrites
+    (``batched``) nor split into draws and a pure rewrite (``draws``) -- DP-SGD and defensive augmentation
+    among them --, BatchNorm and dropout (state and randomness it does not carry per node)."""
     errors: list[tuple[str, str]] = []
     for i, spec in enumerate(cfg.defenses):
         obj = DEFENSES.get(spec.name).obj
-        if isinstance(obj, type) and issubclass(obj, TrainingDefense) and not obj.batched:
-            errors.append((f"defenses.{i}.name", f"{spec.name} is a training-time defense that draws random numbers "
-                                                 "per batch, which the batched engine does not run; use engine.name: "
-                                                 "serial (or ray) for it"))
+        if isinstance(obj, type) and issubclass(obj, TrainingDefense) and not (obj.batched or obj.draws):
+            errors.append((f"defenses.{i}.name", f"{spec.name} is a training-time defense that the batched engine "
+                                                 "does not run (it changes the optimizer or draws per image); use "
+                                                 "engine.name: serial (or ray) for it"))
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg.model, PROBE_SHAPE, 10)
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):

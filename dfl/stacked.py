@@ -14,6 +14,8 @@ one shell of the architecture:
 * **Optimizers** are PyTorch's update rules with one state row per model (:class:`Optimizer`): SGD with
   momentum and weight decay, Adam with its per-row step count; their checkpoints read as PyTorch's
   ``state_dict``.
+* **Kernels**: one ``vmap`` over rows, or (``rowwise``, for convolutions on a CPU: :func:`vmap_pays`) the
+  gradients row by row into one buffer, the optimizer updating every row at once either way.
 * **Chunks**: callers train ``lo..hi`` slices of the rows, so ``k`` models larger than memory still
   train (:func:`chunk_size` sizes them from a working-memory budget).
 
@@ -38,8 +40,10 @@ CHUNK_BYTES = 1 << 30  # working memory a chunk of rows may take when no chunk s
 # loss(params, x, y, mask, extra) of one row: params ``{name: tensor}``, its padded batch, the batch's
 # mask (1.0 for real samples) and the row's ``extra`` vector (e.g. which defenses it runs)
 Loss = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-# fetch(lo, hi, local) -> (x, y): the batch of rows lo..hi-1 at local sample indices ``local: (k, b)``
-Fetch = Callable[[int, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# fetch(lo, hi, step, local) -> (x, y, extra): the batch of rows lo..hi-1 at step ``step``, from their
+# local sample indices ``local: (k, b)`` (-1 where padded: fetch any sample there, it is masked out), and
+# the rows' per-step inputs of the loss (a tensor or tuple of tensors with a leading row dimension; None: none)
+Fetch = Callable[[int, int, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor, Any]]
 
 
 class Layout:
@@ -107,30 +111,93 @@ def batch_plan(plans: list[list[torch.Tensor]], batch_size: int) -> torch.Tensor
     return out
 
 
-def chunk_size(n_rows: int, n_state: int, batch_size: int, sample_numel: int, budget: int = CHUNK_BYTES) -> int:
-    """Rows per chunk within ``budget`` bytes: a row's step holds its state, gradient, optimizer state
-    and a few copies (about 6 state-sized tensors) and its batch (input and about 4 activation copies)."""
-    per_row = 4 * (6 * n_state + 5 * batch_size * sample_numel)
-    return max(1, min(n_rows, budget // max(per_row, 1)))
+def chunk_size(n_rows: int, n_state: int, batch_size: int, sample_numel: int, activations: int = 0,
+               rowwise: bool = False, budget: int = CHUNK_BYTES) -> int:
+    """Rows per chunk within ``budget`` bytes of working memory.
+
+    A row's step holds its state, gradient, optimizer state and a few copies (about 6 state-sized
+    tensors) and its batch; under one ``vmap`` also its activations (``activations`` values per sample,
+    :func:`activation_numel`; kept for the backward pass and about as many gradients of them), which
+    ``rowwise`` training holds for one row at a time only."""
+    per_row = 4 * (6 * n_state + batch_size * (2 * sample_numel + (0 if rowwise else 3 * activations)))
+    once = 4 * batch_size * 3 * activations if rowwise else 0
+    return max(1, min(n_rows, (budget - once) // max(per_row, 1)))
+
+
+def activation_numel(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Values every leaf module of ``model`` outputs for one sample of ``shape`` (a forward pass on zeros)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            model(torch.zeros((1, *shape), device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def _row(tree: Any, i: int) -> Any:
+    """Row ``i`` of every tensor in a nest of tuples, lists and dicts of ``(k, ...)`` tensors."""
+    if isinstance(tree, torch.Tensor):
+        return tree[i]
+    if isinstance(tree, dict):
+        return {key: _row(v, i) for key, v in tree.items()}
+    return type(tree)(_row(v, i) for v in tree)
+
+
+def vmap_pays(model: nn.Module, device: torch.device) -> bool:
+    """Whether one ``vmap`` over rows beats a loop over them: not for convolutions on a CPU, which ``vmap``
+    turns into one grouped convolution that CPU kernels run slower than the rows one by one (2.7x slower
+    for the ``cnn`` on 3x32x32 with 32 rows here); everything else gains from the batched products."""
+    return device.type != "cpu" or not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
 class Trainer:
-    """Local steps of rows of a ``(k, n_state)`` tensor, in place, with one :class:`Optimizer` row each."""
+    """Local steps of rows of a ``(k, n_state)`` tensor, in place, with one :class:`Optimizer` row each.
 
-    def __init__(self, layout: Layout, optimizer: Optimizer, loss: Loss) -> None:
-        self.layout, self.opt = layout, optimizer
+    ``rowwise``: take the gradients row by row (``grad_and_value`` per row, written into one ``(k,
+    n_params)`` buffer) instead of in one ``vmap``; the optimizer updates all rows at once either way.
+    Rows without a batch at a step are then skipped. Default: :func:`vmap_pays` decides."""
+
+    def __init__(self, layout: Layout, optimizer: Optimizer, loss: Loss, rowwise: bool = False) -> None:
+        self.layout, self.opt, self.rowwise = layout, optimizer, rowwise
         self.step_grad = vmap(grad_and_value(loss), in_dims=(0, 0, 0, 0, 0))
+        self.row_grad = grad_and_value(loss)
 
-    def train(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor, fetch: Fetch,
-              extra: torch.Tensor | None = None) -> torch.Tensor:
+    def _grads(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+               extra: Any, active: torch.Tensor) -> tuple[Callable[[str, slice], torch.Tensor], torch.Tensor]:
+        """Every row's gradient (a function of a parameter's name and columns) and loss at one step."""
+        if not self.rowwise:
+            grads, loss = self.step_grad(params, x, y, mask, extra)
+            k = x.shape[0]
+            return (lambda name, part: grads[name].reshape(k, -1)), loss
+        k = x.shape[0]
+        buffer = torch.zeros((k, self.layout.n_params), device=x.device)
+        loss = torch.zeros(k, device=x.device)
+        parts = self.layout.param_parts()
+        for i in torch.nonzero(active).flatten().tolist():
+            row = {name: t[i] for name, t in params.items()}
+            g, loss[i] = self.row_grad(row, x[i], y[i], mask[i], _row(extra, i))
+            for name, part in parts:
+                buffer[i, part] = g[name].reshape(-1)
+        return (lambda name, part: buffer[:, part]), loss
+
+    def train(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor, fetch: Fetch) -> torch.Tensor:
         """Every step of ``plan`` (``(hi - lo, steps, batch_size)``, see the module docstring) for rows
-        ``lo..hi-1`` of ``flat``, in place; returns each row's mean loss over its steps, float64 on the CPU.
-
-        ``extra``: ``(hi - lo, m)`` per-row inputs of the loss (default: none)."""
+        ``lo..hi-1`` of ``flat``, in place; returns each row's mean loss over its steps, float64 on the CPU."""
         device = flat.device
         plan = plan.to(device)
         k = hi - lo
-        extra = torch.zeros((k, 0), device=device) if extra is None else extra
+        none = torch.zeros((k, 0), device=device)
         loss_sum = torch.zeros(k, dtype=torch.float32, device=device)
         counts = (plan[:, :, 0] >= 0).sum(1).to(torch.float32)
         rows = flat[lo:hi]
@@ -140,12 +207,12 @@ class Trainer:
             local = plan[:, s]  # (k, batch_size)
             mask = (local >= 0).to(torch.float32)
             active = local[:, 0] >= 0
-            x, y = fetch(lo, hi, local.clamp_min(0))  # padding: the row's first sample, masked out
-            grads, loss = self.step_grad(params, x, y, mask, extra)
+            x, y, extra = fetch(lo, hi, s, local)
+            grad, loss = self._grads(params, x, y, mask, none if extra is None else extra, active)
             every = bool(active.all())
             self.opt.count(lo, hi, active)
             for name, part in parts:
-                self.opt.step(lo, hi, part, rows[:, part], grads[name].reshape(k, -1), active, every)
+                self.opt.step(lo, hi, part, rows[:, part], grad(name, part), active, every)
             loss_sum += torch.where(active, loss.detach(), torch.zeros_like(loss))
         return (loss_sum / counts.clamp_min(1.0)).double().cpu()
 

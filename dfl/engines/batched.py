@@ -28,11 +28,13 @@ float32 rounding that training then carries (the tests hold parameters after a r
 accuracies after 3 rounds to 0.02), while a batched run is bit-identical with itself run to run and
 across resume.
 
-Training-time defenses that are pure rewrites of the batch or the loss (``batched = True``: label
-smoothing, weight penalties) run per node under the same ``vmap``, each node with its own defenses.
-Not supported (rejected when the config is validated, with the fix): training-time defenses that draw
-random numbers (mixup, AdaMixup, defensive augmentation) and DP-SGD, BatchNorm (use
-``model.params.norm: group``), dropout (``model.params.dropout: 0``).
+Training-time defenses run per node under the same ``vmap``, each node with its own defenses: pure
+rewrites of the batch or the loss (``batched = True``: label smoothing, weight penalties) as they are, and
+those whose random numbers are split from a pure rewrite (``draws = True``: mixup, AdaMixup) with every
+node's draws made from its own defense stream in the serial engine's order (:class:`_Draws`). Not
+supported (rejected when the config is validated, with the fix): training-time defenses that change the
+optimizer or draw per image (DP-SGD, defensive augmentation), BatchNorm (use ``model.params.norm:
+group``), dropout (``model.params.dropout: 0``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,18 @@ from dfl.federation.participant import local_batches, shared_tensors
 from dfl.federation.population import Population
 from dfl.mixing import GossipPlan, gossip_stacked
 from dfl.registries import DEFENSES
-from dfl.stacked import Layout, Optimizer, Trainer, batch_plan, chunk_size, padded, param_groups
+from dfl.seeding import TRAIN_DEFENSE, torch_generator
+from dfl.stacked import (
+    Layout,
+    Optimizer,
+    Trainer,
+    activation_numel,
+    batch_plan,
+    chunk_size,
+    padded,
+    param_groups,
+    vmap_pays,
+)
 
 
 def keep_freed_memory() -> bool:
@@ -113,11 +126,14 @@ class BatchedEngine(Engine):
         self.train_defenses, self.defended = self._training_defenses(population)
         self.shell = _Shell(self.model, self.train_defenses)
         self.opt = Optimizer(self.training.optimizer, self.n, self.layout.n_params, self.device)
-        self.trainer = Trainer(self.layout, self.opt, self._loss)
+        vm = cfg.engine.vmap
+        self.rowwise = not vmap_pays(self.model, self.device) if vm == "auto" else not vm
+        self.trainer = Trainer(self.layout, self.opt, self._loss, rowwise=self.rowwise)
+        self.chunk = cfg.engine.batch_size or chunk_size(
+            self.n, self.layout.n_state, self.training.batch_size, int(np.prod(data.shape)),
+            activation_numel(self.model, tuple(data.shape)), self.rowwise)
         self._spare: torch.Tensor | None = None  # the other state buffer (see train and mix)
         self._plan: tuple[np.ndarray, GossipPlan] | None = None  # the last mixing matrix and its gossip plan
-        self.chunk = cfg.engine.batch_size or chunk_size(
-            self.n, self.layout.n_state, self.training.batch_size, int(np.prod(data.shape)))
         self._param_groups = param_groups(self.model, self.training.optimizer)
 
     # ------------------------------------------------------------------ setup
@@ -154,16 +170,21 @@ class BatchedEngine(Engine):
         return u8.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
 
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-              on: torch.Tensor) -> torch.Tensor:
+              extra: Any) -> torch.Tensor:
         """One node's masked mean cross-entropy on its (padded) batch, as the training-time defenses it runs
-        (``on``: one flag per defense) rewrite the batch, plus their penalties."""
+        rewrite the batch, plus their penalties. ``extra``: ``(on, drawn)``, one flag per defense and the
+        node's draws of this step for the defenses that draw (``{str(j): draw}``)."""
         if not self.train_defenses:
             logits = functional_call(self.model, params, (x,))
             ce = F.cross_entropy(logits, y, reduction="none")
             return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        on, drawn = extra
         target = y  # one-hot rows (made before vmap): cross-entropy against them is exactly -log p_y
         for j, d in enumerate(self.train_defenses):
-            x2, t2 = d.batch(x, target, 0.0, None)  # type: ignore[arg-type]  # pure: no progress, no draws
+            if d.draws:
+                x2, t2 = d.apply(x, target, drawn[str(j)])
+            else:
+                x2, t2 = d.batch(x, target, 0.0, None)  # type: ignore[arg-type]  # pure: no progress, no draws
             x, target = torch.where(on[j] > 0, x2, x), torch.where(on[j] > 0, t2, target)
         logits, penalties = functional_call(self.shell, {f"model.{k}": v for k, v in params.items()}, (x,))
         ce = F.cross_entropy(logits, target, reduction="none")
@@ -190,9 +211,13 @@ class BatchedEngine(Engine):
         self._spare = None
         start = {i: new[i].clone() for i in self.share_defenses}
         losses = torch.zeros(self.n, dtype=torch.float64)
+        draws = [j for j, d in enumerate(self.train_defenses) if d.draws]
+        streams = {i: torch_generator(self.cfg.seed, TRAIN_DEFENSE, g, round_idx)  # as each participant's
+                   for i, g in enumerate(self.ids) if draws and bool(self.defended[i, draws].any())}
         for lo in range(0, self.n, self.chunk):
             hi = min(lo + self.chunk, self.n)
-            losses[lo:hi] = self._train_chunk(new, lo, hi, batch_plan(plans[lo:hi], self.training.batch_size))
+            plan = batch_plan(plans[lo:hi], self.training.batch_size)
+            losses[lo:hi] = self._train_chunk(new, lo, hi, plan, _Draws(self, round_idx, draws, streams, steps))
         for i, defenses in self.share_defenses.items():
             update = new[i] - start[i]
             for d in defenses:
@@ -201,17 +226,21 @@ class BatchedEngine(Engine):
         self.flat = new
         return [{"loss": float(losses[i]) if steps[i] else 0.0, "steps": float(steps[i])} for i in range(self.n)]
 
-    def _train_chunk(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor) -> torch.Tensor:
+    def _train_chunk(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor,
+                     draws: _Draws | None = None) -> torch.Tensor:
         """Every local step of nodes ``lo..hi-1``, in place in ``flat``; returns their mean losses."""
         rows_of = self.train_rows[lo:hi]
         one_hot = bool(self.train_defenses)
 
-        def fetch(lo: int, hi: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = torch.gather(rows_of, 1, local)  # global indices
+        def fetch(lo: int, hi: int, step: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+            idx = torch.gather(rows_of, 1, local.clamp_min(0))  # global indices (padding: the node's first)
             x, y = self._images(self.x_u8[idx]), self.y_all[idx]  # (k, batch_size, C, H, W), (k, batch_size)
-            return x, (F.one_hot(y, self.population.data.num_classes).to(x.dtype) if one_hot else y)
+            if not one_hot:
+                return x, y, None
+            y = F.one_hot(y, self.population.data.num_classes).to(x.dtype)
+            return x, y, (self.defended[lo:hi], draws.step(lo, hi, step, local) if draws is not None else {})
 
-        return self.trainer.train(flat, lo, hi, plan, fetch, self.defended[lo:hi])
+        return self.trainer.train(flat, lo, hi, plan, fetch)
 
     # ------------------------------------------------------------------ sharing, evaluation
 
@@ -246,7 +275,7 @@ class BatchedEngine(Engine):
         k, eb = hi - lo, self.cfg.eval.batch_size
         params = self.layout.views(self.flat[lo:hi])
         shared = split == "test"
-        forward = vmap(lambda p, x: functional_call(self.model, p, (x,)), in_dims=(0, None if shared else 0))
+        forward = self._forward(shared)
         rows = self.eval_idx[split] if shared else self.eval_idx[split][lo:hi]
         width = rows.shape[-1]
         n = torch.full((k,), float(width), device=self.device) if shared else (rows >= 0).sum(1).to(torch.float32)
@@ -270,6 +299,19 @@ class BatchedEngine(Engine):
         n = n.clamp_min(1.0)
         return (correct / n).cpu(), (loss / n).cpu()
 
+    def _forward(self, shared: bool) -> Any:
+        """``forward(params (k, ...), x) -> (k, b, classes)``: one ``vmap``, or row by row (``rowwise``);
+        ``shared``: one batch ``x: (b, ...)`` for every row, else ``x: (k, b, ...)``."""
+        if not self.rowwise:
+            return vmap(lambda p, x: functional_call(self.model, p, (x,)), in_dims=(0, None if shared else 0))
+
+        def forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            k = next(iter(params.values())).shape[0]
+            return torch.stack([functional_call(self.model, {n: t[i] for n, t in params.items()}, (x if shared else x[i],))
+                                for i in range(k)])
+
+        return forward
+
     # ------------------------------------------------------------------ checkpoints
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -283,6 +325,40 @@ class BatchedEngine(Engine):
         self.flat = torch.stack([s["state"] for s in snaps]).to(self.device)
         for i, s in enumerate(snaps):
             self.opt.load_state_dict(i, s["optimizer"], self.layout.param_shapes)
+
+
+class _Draws:
+    """The random numbers of the defenses that draw (``TrainingDefense.draws``), per node and step.
+
+    Node ``i`` draws from its own defense stream (``TRAIN_DEFENSE``, its id, the round), for each of its
+    drawing defenses in chain order, at each step it takes, with its own progress and batch size: the
+    serial participant's draws exactly. Nodes that do not run a defense get the identity (``lam`` 1,
+    the identity permutation); index draws are padded with the identity to the batch width."""
+
+    def __init__(self, engine: BatchedEngine, round_idx: int, draws: list[int], streams: dict[int, torch.Generator],
+                 steps: list[int]) -> None:
+        self.engine, self.round_idx, self.draws, self.streams, self.steps = engine, round_idx, draws, streams, steps
+
+    def step(self, lo: int, hi: int, s: int, local: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
+        eng, width = self.engine, local.shape[1]
+        out: dict[str, list[list[torch.Tensor]]] = {}
+        sizes = (local >= 0).sum(1).tolist()
+        for j in self.draws:
+            d, rows = eng.train_defenses[j], out.setdefault(str(j), [])
+            # for the nodes without the defense (their rows keep the undefended batch): draws of the right
+            # shapes and dtypes from a throwaway stream, scalars 1 and index vectors the identity
+            idle = [torch.ones((), dtype=t.dtype) if t.ndim == 0 else torch.arange(width)
+                    for t in d.draw(width, 0.0, torch.Generator().manual_seed(0))]
+            for i in range(lo, hi):
+                g, size = self.streams.get(i), sizes[i - lo]
+                if g is None or size == 0 or not bool(eng.defended[i, j]):
+                    rows.append(idle)
+                    continue
+                progress = (self.round_idx + s / self.steps[i]) / eng.cfg.rounds
+                rows.append([t if t.ndim == 0 else torch.cat([t, torch.arange(size, width)])
+                             for t in d.draw(size, progress, g)])
+        return {j: tuple(torch.stack(parts).to(eng.device) for parts in zip(*rows, strict=True))
+                for j, rows in out.items()}
 
 
 class _Shell(nn.Module):

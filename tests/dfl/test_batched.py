@@ -110,11 +110,15 @@ def test_local_steps_and_a_step_budget_larger_than_an_epoch() -> None:
     assert np.allclose(s, b, atol=ACC_TOL)
 
 
-def test_an_inactive_node_changes_nothing_momentum_included() -> None:
-    """A node whose batches ran out keeps its parameters and optimizer state through the other nodes' steps."""
+@pytest.mark.parametrize("rowwise", [False, True])
+def test_an_inactive_node_changes_nothing_momentum_included(rowwise: bool) -> None:
+    """A node whose batches ran out keeps its parameters and optimizer state through the other nodes' steps
+    (with the gradients in one vmap and row by row)."""
     raw = config(data__partition={"name": "sizes", "params": {"sizes": [20, 20, 20, 300]}},
-                 training__optimizer=RECIPES["momentum+decay"], training__batch_size=16)
+                 training__optimizer=RECIPES["momentum+decay"], training__batch_size=16,
+                 engine={"name": "batched", "vmap": not rowwise})
     _, eng = federation(raw, "batched")
+    assert eng.trainer.rowwise is rowwise
     eng.train(0)  # nodes 0..2: 15 train samples, 1 step; node 3: 225 samples, 15 steps
     before, buf = eng.flat.clone(), eng.opt.buf.clone()
     plan = torch.full((4, 1, 16), -1, dtype=torch.long)
@@ -181,7 +185,7 @@ def test_share_time_defenses_rewrite_the_batched_update() -> None:
 
 
 @pytest.mark.parametrize(("patch", "field"), [
-    ({"defenses": [{"name": "mixup"}]}, "defenses.0.name"),
+    ({"defenses": [{"name": "defensive_augmentation", "params": {"preset": "cifar10"}}]}, "defenses.0.name"),
     ({"defenses": [{"name": "dp_sgd"}], "model": {"name": "mlp", "params": {"hidden": [16]}}}, "defenses.0.name"),
     ({"model": {"name": "cnn", "params": {"norm": "batch"}}}, "model.params.norm"),
     ({"model": {"name": "mlp", "params": {"dropout": 0.5}}}, "model.params.dropout"),
@@ -268,6 +272,46 @@ def test_pure_training_defenses_run_batched_on_their_own_nodes() -> None:
     plain.train(0)
     moved = (states(plain) - states(b_eng)).abs().amax(1)
     assert moved[1] == 0 and bool((moved[[0, 2, 3]] > 1e-4).all())  # the defenses acted where they run, only there
+
+
+@pytest.mark.parametrize(("model", "vmap", "rowwise"), [
+    ("mlp", "auto", False), ("mlp", False, True), ("cnn", "auto", True), ("cnn", True, False)])
+def test_gradients_in_one_vmap_or_row_by_row_give_the_serial_engines_parameters(model: str, vmap: Any,
+                                                                                 rowwise: bool) -> None:
+    """engine.vmap: auto takes convolutions row by row on a CPU (a vmapped convolution is a slow grouped
+    one there) and everything else in one vmap; either path agrees with the serial engine."""
+    raw = config(model=MODELS[model], rounds=1, training__optimizer=RECIPES["momentum+decay"],
+                 engine={"name": "batched", "vmap": vmap})
+    _, s_eng = federation(raw, "serial")
+    _, b_eng = federation(raw, "batched")
+    assert b_eng.rowwise is rowwise
+    s_eng.train(0), b_eng.train(0)
+    assert torch.allclose(states(s_eng), states(b_eng), rtol=0, atol=PARAM_TOL)
+    s_ev, b_ev = s_eng.evaluate(["test", "train"]), b_eng.evaluate(["test", "train"])
+    for s_e, b_e in zip(s_ev, b_ev, strict=True):
+        assert s_e["test_acc"] == pytest.approx(b_e["test_acc"], abs=ACC_TOL)
+        assert s_e["train_loss"] == pytest.approx(b_e["train_loss"], abs=LOSS_TOL)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_drawing_training_defenses_run_batched_with_each_nodes_draws(model: str) -> None:
+    """Mixup on nodes 0 and 2, AdaMixup and label smoothing on every node (chain order: mixup, label
+    smoothing, AdaMixup), 75 train samples per node (a ragged last batch): each node draws its lambdas and
+    permutations from its own stream as its serial participant does, so the engines agree within the
+    tolerance over two rounds; without the draws' agreement they would differ by far more."""
+    raw = config(model=MODELS[model], rounds=2, defenses=[
+        {"name": "mixup", "params": {"alpha": 0.4}, "nodes": [0, 2]},
+        {"name": "label_smoothing", "params": {"eps": 0.1}},
+        {"name": "adamixup"}])
+    serial, s_eng = federation(raw, "serial")
+    batched, b_eng = federation(raw, "batched")
+    for r in range(2):
+        s_stats, b_stats = s_eng.train(r), b_eng.train(r)
+        assert torch.allclose(states(s_eng), states(b_eng), rtol=0, atol=PARAM_TOL), r
+        assert [x["loss"] for x in s_stats] == pytest.approx([x["loss"] for x in b_stats], abs=LOSS_TOL)
+    _, other = federation(raw | {"seed": 1}, "batched")  # other draws (and batches): far apart
+    other.train(0), other.train(1)
+    assert float((states(other) - states(b_eng)).abs().max()) > 1e-2
 
 
 @pytest.mark.parametrize(("threads", "engine", "expected"), [
