@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from defenses.mixup import beta, weights
-from dfl.defense import TrainingDefense
+from defenses.mixup import Mixup, weights
 from dfl.registries import DEFENSES
 
 
@@ -28,16 +27,13 @@ def strength(a0: float, a_end: float, progress: float) -> float:
 
 
 @DEFENSES.register("adamixup", params=AdaMixupParams)
-class AdaMixup(TrainingDefense):
+class AdaMixup(Mixup):
     """Mixed images with a decaying Beta parameter, labelled by the dominant sample."""
 
-    params: AdaMixupParams
-    draws = True
+    params: AdaMixupParams  # type: ignore[assignment]
 
-    def draw(self, size: int, progress: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``lam`` (a float64 scalar tensor) at this point of the schedule and the partner permutation."""
-        lam = beta(strength(self.params.a0, self.params.a_end, progress), g)
-        return torch.tensor(lam, dtype=torch.float64), torch.randperm(size, generator=g)
+    def alpha(self, progress: float) -> float:
+        return strength(self.params.a0, self.params.a_end, progress)
 
     def apply(self, x: torch.Tensor, target: torch.Tensor,
               drawn: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +41,3 @@ class AdaMixup(TrainingDefense):
         perm = perm.to(x.device)
         a, b = weights(lam, x.dtype)
         return a * x + b * x[perm], torch.where(lam >= 0.5, target, target[perm])
-
-    def batch(self, x: torch.Tensor, target: torch.Tensor, progress: float,
-              g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.apply(x, target, self.draw(len(x), progress, g))

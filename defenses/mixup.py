@@ -31,9 +31,13 @@ class Mixup(TrainingDefense):
     params: MixupParams
     draws = True
 
+    def alpha(self, progress: float) -> float:
+        """The Beta parameter for a batch at ``progress`` of the node's training (mixup: constant)."""
+        return self.params.alpha
+
     def draw(self, size: int, progress: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``lam`` (a float64 scalar tensor) and the partner permutation."""
-        lam = beta(self.params.alpha, g)
+        """``lam ~ Beta(alpha, alpha)`` (a float64 scalar tensor) and the partner permutation."""
+        lam = beta(self.alpha(progress), g)
         return torch.tensor(lam, dtype=torch.float64), torch.randperm(size, generator=g)
 
     def apply(self, x: torch.Tensor, target: torch.Tensor,
