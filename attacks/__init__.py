@@ -1,7 +1,7 @@
 """dfl-sim plugin package: attacks, registered into ``dfl.registries.ATTACKS``.
 
 Membership inference (``dfl.attack.MembershipAttack``): confidence, correctness, entropy, label_only,
-lira_offline, loss, modified_entropy, shadow_model, top1_threshold. Gradient inversion
+lira (online), lira_offline, loss, modified_entropy, rmia, shadow_model, top1_threshold. Gradient inversion
 (``dfl.attack.InversionAttack``): dlg, idlg, inverting_gradients.
 """
 
@@ -15,12 +15,14 @@ from attacks import (
     idlg,
     inverting_gradients,
     label_only,
+    lira,
     lira_offline,
     loss,
     modified_entropy,
+    rmia,
     shadow_model,
     top1_threshold,
 )
 
-__all__ = ["confidence", "correctness", "dlg", "entropy", "idlg", "inverting_gradients", "label_only", "lira_offline",
-           "loss", "modified_entropy", "shadow_model", "top1_threshold"]
+__all__ = ["confidence", "correctness", "dlg", "entropy", "idlg", "inverting_gradients", "label_only", "lira",
+           "lira_offline", "loss", "modified_entropy", "rmia", "shadow_model", "top1_threshold"]

@@ -8,6 +8,7 @@ so the attacker knows exactly which samples were members of each shadow model.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -117,26 +118,63 @@ def train_models(view: AdversaryView, datas: list[Labelled], epochs: float, seed
 
 
 def shadow_models(view: AdversaryView, k: int, size: int | None, epochs: float | None) -> list[Shadow]:
-    """``k`` shadow models (cached in the view for this attacker and round), trained by :func:`train_models`.
+    """``k`` shadow models (cached in the view for this attacker and round, shared by every attack that
+    asks for this size and epochs: model ``s`` depends on ``s`` alone, so an attack asking for fewer
+    takes the first ones and one asking for more trains only the rest), trained by :func:`train_models`.
 
     Each takes ``2 * size`` samples of the auxiliary pool (default size: the attacker's own training
     set, capped by half the pool), trains on one half and keeps the other as known non-members.
     """
-    key = f"shadows:{k}:{size}:{epochs}"
-    if key in view.cache:
-        return view.cache[key]
+    key = f"shadows:{size}:{epochs}"
+    have: list[Shadow] = view.cache.setdefault(key, [])
+    if len(have) >= k:  # model s depends on s alone: an attack asking fewer takes the first k
+        return have[:k]
     aux = view.auxiliary
     half = min(size or len(view.own), len(aux) // 2)
     if half < 1:
         raise ValueError(f"attacker {view.attacker} has {len(aux)} auxiliary samples: too few for a shadow model")
     ep = epochs if epochs is not None else max(view.local_epochs_so_far, 1.0)
     splits, seeds = [], []
-    for s in range(k):
+    for s in range(len(have), k):
         idx = view.rng(s).permutation(len(aux))[: 2 * half]
         splits.append((aux.subset(idx[:half]), aux.subset(idx[half:])))
         seeds.append(int(view.rng(100 + s).integers(2**62)))
     models = train_models(view, [inside for inside, _ in splits], ep, seeds)
-    out = [Shadow(m, inside, outside) for m, (inside, outside) in zip(models, splits, strict=True)]
+    have += [Shadow(m, inside, outside) for m, (inside, outside) in zip(models, splits, strict=True)]
+    return have[:k]
+
+
+@dataclass
+class Reference:
+    """Reference models for one set of targets (online attacks): ``keep[j, i]`` is whether model ``j``
+    trained on target ``i``."""
+
+    models: list[nn.Module]
+    keep: np.ndarray
+
+
+def reference_models(view: AdversaryView, k: int, targets: Labelled, epochs: float | None) -> Reference:
+    """``k`` reference models with and without each target (the online setting of Carlini et al. 2022 and
+    Zarifzadeh et al. 2024), cached in the view for these targets.
+
+    The pool is the auxiliary data and the targets; Carlini et al.'s keep matrix puts every pool sample
+    in exactly ``k // 2`` of the models (a random half per sample), so each target is IN for half of the
+    models and OUT for the others. Each model trains on its half of the pool with the victims' recipe
+    (:func:`train_models`: batched on the batched engines), for ``epochs`` (default: a victim's local
+    epochs so far).
+    """
+    digest = hashlib.sha256(targets.x.numpy().tobytes() + targets.y.numpy().tobytes()).hexdigest()[:16]
+    key = f"reference:{k}:{epochs}:{digest}"
+    if key in view.cache:
+        return view.cache[key]
+    aux = view.auxiliary
+    pool = Labelled(torch.cat([aux.x, targets.x]), torch.cat([aux.y, targets.y]))
+    rng = view.rng(400, k)
+    keep = rng.uniform(size=(k, len(pool))).argsort(0) < k // 2  # each column: exactly k // 2 models
+    ep = epochs if epochs is not None else max(view.local_epochs_so_far, 1.0)
+    seeds = [int(s) for s in rng.integers(2**62, size=k)]
+    models = train_models(view, [pool.subset(np.flatnonzero(row)) for row in keep], ep, seeds)
+    out = Reference(models, keep[:, len(aux):])
     view.cache[key] = out
     return out
 

@@ -134,6 +134,7 @@ class OutputConfig(Strict):
     checkpoint_every: int = Field(1, ge=0, description="0 disables checkpoints (and --resume)")
     plots: bool = True
     progress: bool = True
+    signals: bool | Literal["auto"] = Field("auto", description="per-sample membership scores of every attack record as .npz files under signals/ (auto: unless they would take more than 64 MB)")
 
 
 class InitConfig(Strict):

@@ -22,7 +22,12 @@ Keys beyond ``round``, ``node`` and ``kind``, by kind:
 ``mia``
     ``node`` is the victim. ``attacker``, ``attack``, ``access`` (query or params), ``members`` and
     ``non_members`` (sample counts) and ``non_members_from``; the scores' ``auc``, ``tpr_at_1_fpr``,
-    ``tpr_at_0.1_fpr``, ``advantage``, ``roc_tpr`` (TPR on ``dfl.metrics.membership.ROC_POINTS``); the
+    ``tpr_at_0.1_fpr``, ``tpr_at_0.01_fpr`` (``null`` where the non-members cannot resolve the rate),
+    ``fpr_floor`` (``1 / non_members``), ``advantage``, ``roc_tpr`` (TPR on
+    ``dfl.metrics.membership.ROC_POINTS``); the reference-model budget: ``reference_models`` (shadow or
+    reference models the attack used, 0 for none), ``reference_mode`` (``offline``: OUT models only;
+    ``online``: IN and OUT per target; ``null`` without) and, for ``rmia``, ``population``; ``signals``, with ``output.signals``: the record's per-sample
+    export, a path relative to the run directory (format: ``dfl.adversary.membership.SIGNALS_FORMAT``); the
     oracle threshold's ``oracle_accuracy`` / ``_precision`` / ``_recall`` / ``_f1``; the all-member
     ``baseline_accuracy`` / ``baseline_f1``; for calibrated attacks their own ``accuracy``,
     ``precision``, ``recall``, ``f1`` (and ``threshold`` where there is one); the victim's
@@ -58,7 +63,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     EVAL: (),
     ROUND: ("edges", "train_loss", "consensus_distance"),
     MIA: ("attacker", "attack", "access", "members", "non_members", "auc", "tpr_at_1_fpr", "tpr_at_0.1_fpr",
-          "advantage", "roc_tpr", "oracle_accuracy", "baseline_accuracy", "victim_train_acc", "victim_holdout_acc",
+          "tpr_at_0.01_fpr", "fpr_floor", "reference_models", "reference_mode", "advantage", "roc_tpr", "oracle_accuracy", "baseline_accuracy", "victim_train_acc", "victim_holdout_acc",
           "victim_gap"),
     INVERSION: ("attacker", "attack", "knowledge", "batch_size", "mse", "psnr", "ssim", "label_acc",
                 "recognisability", "iterations", "seconds"),

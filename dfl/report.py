@@ -67,7 +67,7 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
     }
 
 
-MIA_KEYS = ("auc", "accuracy", "f1", "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "oracle_accuracy",
+MIA_KEYS = ("auc", "accuracy", "f1", "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "oracle_accuracy",
             "victim_train_acc", "victim_holdout_acc", "victim_gap", "answered_member_acc", "answered_non_member_acc")
 
 
@@ -81,7 +81,7 @@ def mia_summary(records: list[Record]) -> dict[str, float]:
         rows = [r for r in rows if r["round"] == last]
         label = name[0] if name[1] == "query" else f"{name[0]}_params"
         for k in MIA_KEYS:
-            vals = [r[k] for r in rows if k in r]
+            vals = [r[k] for r in rows if r.get(k) is not None]  # None: an FPR the set cannot resolve
             if vals:
                 out[f"{label}_{k}"] = float(np.mean(vals))
     return out
@@ -199,14 +199,17 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
     if mia:
         last = max(r["round"] for r in mia)
         fig, ax = plt.subplots(figsize=(5.5, 5))
-        for r in (r for r in mia if r["round"] == last):
-            ax.plot(ROC_POINTS, r["roc_tpr"], lw=1.2,
+        shown = [r for r in mia if r["round"] == last]
+        floor = max(1e-4, min(r.get("fpr_floor", 1e-3) for r in shown))  # the smallest FPR the sets resolve
+        for r in shown:
+            keep = ROC_POINTS >= r.get("fpr_floor", 0.0)
+            ax.plot(ROC_POINTS[keep], np.asarray(r["roc_tpr"])[keep], lw=1.2,
                     label=f"{r['attack']} ({r['access']}) {r['attacker']}->{r['node']}: AUC {r['auc']:.3f}")
-        ax.plot([1e-3, 1], [1e-3, 1], "k--", lw=0.8, label="chance")
+        ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlim(1e-3, 1)
-        ax.set_ylim(1e-3, 1.02)
+        ax.set_xlim(floor, 1)
+        ax.set_ylim(floor, 1.02)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         ax.set_title(f"membership inference, round {last}")
@@ -234,7 +237,7 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return f"{v:.4f}" if isinstance(v, float) else "n/a" if v is None else str(v)
 
 
 def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plots: list[str],
@@ -272,11 +275,14 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
     mia = summary.get("mia_rows", [])
     if mia:
         cols = ["round", "attacker", "node", "attack", "access", "members", "auc", "accuracy", "oracle_accuracy", "f1",
-                "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "victim_train_acc", "victim_holdout_acc", "victim_gap"]
+                "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "victim_train_acc",
+                "victim_holdout_acc", "victim_gap"]
         lines += ["", "## Membership inference", "",
                   "Members: a sample of the victim's train split; as many non-members that nobody trained on. "
                   "`accuracy`/`f1`: the attack's own calibrated decisions; `oracle_accuracy`: the best threshold on "
-                  "this set (an upper bound); the all-member baseline has accuracy 0.5 and F1 0.667.", "",
+                  "this set (an upper bound); the all-member baseline has accuracy 0.5 and F1 0.667. "
+                  "`tpr_at_X_fpr`: n/a where the set's non-members cannot resolve that rate (it takes at least "
+                  "1 / rate of them: 1,000 for 0.1%, 10,000 for 0.01%).", "",
                   "| " + " | ".join(c.replace("victim_", "") for c in cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in mia]
     inv = summary.get("inversion_rows", [])

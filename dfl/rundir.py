@@ -31,6 +31,7 @@ from dfl.errors import ConfigError, RunError
 from dfl.experiment import dump_config, parse_config, read_yaml
 
 CHECKPOINT = "checkpoints/latest.pt"
+SIGNALS = "signals"  # per-sample membership scores, one .npz per attack record (dfl.adversary.membership)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

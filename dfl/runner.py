@@ -27,7 +27,7 @@ from dfl.experiment import load_config, parse_config
 from dfl.federation.population import Population
 from dfl.federation.rounds import Federation
 from dfl.report import write_outputs
-from dfl.rundir import RunDir, check_out_dir
+from dfl.rundir import SIGNALS, RunDir, check_out_dir
 from dfl.topology import build_graph
 
 
@@ -136,7 +136,8 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
     try:
         engine = engine_for(cfg)(population)
         plots = rundir.path / "plots" if cfg.output.plots else None
-        fed = Federation(cfg, population, engine, observers(cfg, population, plots), rundir=rundir, progress=progress)
+        watching = observers(cfg, population, plots, rundir.path / SIGNALS)
+        fed = Federation(cfg, population, engine, watching, rundir=rundir, progress=progress)
         status = fed.run(start, snaps, stop_after=stop_after, t0=t0)
         timings.update(fed.timings)
         if status == "interrupted":

@@ -37,7 +37,7 @@ SECONDS = re.compile(r'"seconds": [0-9.eE+-]+')
 SMALL_CIFAR = ["rounds=1", "data.samples_per_node=120", "data.test_samples=200", "eval.max_samples=100",
                "output.plots=false"]
 MIA = ["loss", "correctness", "confidence", "entropy", "modified_entropy", "top1_threshold", "label_only",
-       "shadow_model", "lira_offline"]
+       "shadow_model", "lira_offline", "rmia", "lira"]
 DEFENSES: dict[str, dict[str, Any]] = {
     "adamixup": {}, "augmixcloak": {}, "confidence_masking": {}, "confidence_perturbation": {},
     "confidence_regularization": {}, "defensive_augmentation": {"op": "posterize", "magnitude": 5}, "dp_sgd": {"noise_multiplier": 0.5},

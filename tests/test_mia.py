@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -178,3 +182,59 @@ def test_query_attacks_may_target_any_node_params_attacks_only_neighbours(tiny, 
         assert exc.value.errors[0][0] == "attacks.0.targets.0" and "not a neighbour of attacker(s) [1]" in exc.value.errors[0][1]
     tiny["attacks"] = [{"name": "correctness", "targets": [2], "access": "params"}]
     parse_config(tiny)  # a neighbour is fine
+
+
+def test_per_sample_signals_recompute_every_records_metrics(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    """Each ``kind: mia`` record names its .npz; scikit-learn recomputes the record's AUC, TPR at 1% FPR,
+    advantage and calibrated accuracy from it, and its indices point at the samples of their split."""
+    from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
+
+
+    tiny["data"]["auxiliary_fraction"] = 0.2
+    tiny["attacks"] = [{"name": "loss"}, {"name": "loss", "access": "params", "samples": 40},
+                       {"name": "modified_entropy", "params": {"shadow_models": 1}}]
+    cfg = parse_config(tiny)
+    run = api.run(cfg, out_dir=tmp_path)
+    records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    mia = [r for r in records if r["kind"] == "mia"]
+    assert len(mia) == 6 and len({r["signals"] for r in mia}) == 6
+    from dfl.federation.population import Population
+
+    data = Population.from_config(cfg).data
+    for r in mia:
+        with np.load(run.run_dir / r["signals"], allow_pickle=False) as z:
+            s, member = z["score"], z["member"]
+            assert (int(z["round"]), int(z["attacker"]), int(z["victim"])) == (r["round"], r["attacker"], r["node"])
+            assert str(z["attack"]) == r["attack"] and str(z["access"]) == r["access"]
+            assert int(member.sum()) == r["members"] and int((~member).sum()) == r["non_members"]
+            assert roc_auc_score(member, s) == pytest.approx(r["auc"], abs=1e-12)
+            fpr, tpr, _ = roc_curve(member, s)
+            assert float(np.max(tpr - fpr)) == pytest.approx(r["advantage"], abs=1e-12)
+            if r["tpr_at_1_fpr"] is not None:
+                assert float(tpr[fpr <= 0.01].max()) == r["tpr_at_1_fpr"]
+            if "accuracy" in r:
+                assert accuracy_score(member, z["decision"]) == pytest.approx(r["accuracy"], abs=1e-12)
+            else:
+                assert "decision" not in z
+            train = z["split"] == "train"
+            assert np.array_equal(z["label"][train], data.y_train[z["index"][train]])
+            assert np.array_equal(z["label"][~train], data.y_test[z["index"][~train]])
+
+
+def test_signals_off_and_auto(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    from dfl.adversary.membership import SIGNALS_AUTO_BYTES, Adversary
+    from dfl.federation.population import Population
+
+    tiny["data"]["auxiliary_fraction"] = 0.2
+    tiny["attacks"] = [{"name": "loss"}]
+    tiny["output"]["signals"] = False
+    run = api.run(parse_config(tiny), out_dir=tmp_path)
+    assert not (run.run_dir / "signals").exists()
+    assert all("signals" not in json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines())
+    tiny["output"]["signals"] = "auto"
+    cfg = parse_config(tiny)
+    adversary = Adversary(cfg, Population.from_config(cfg), tmp_path / "s")
+    assert adversary.signals == tmp_path / "s" and 0 < adversary.signal_bytes() <= SIGNALS_AUTO_BYTES
+    tiny["rounds"], tiny["attacks"] = 3, [{"name": "loss", "every": 1, "samples": 10**7}]  # 3 rounds x 10M samples
+    big = parse_config(tiny)
+    assert Adversary(big, Population.from_config(big), tmp_path / "s").signals is None

@@ -27,6 +27,25 @@ def test_perfectly_separated_scores():
     assert m["accuracy"] == m["oracle_accuracy"] == m["f1"] == 1.0
 
 
+@pytest.mark.parametrize(("non_members", "reported"), [
+    (99, []), (100, ["tpr_at_1_fpr"]), (999, ["tpr_at_1_fpr"]), (1000, ["tpr_at_1_fpr", "tpr_at_0.1_fpr"]),
+    (10_000, ["tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr"])])
+def test_tpr_at_low_fpr_only_where_the_non_members_resolve_it(non_members: int, reported: list[str]) -> None:
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(non_members)
+    truth = np.r_[np.ones(500, bool), np.zeros(non_members, bool)]
+    scores = rng.normal(truth * 1.5, 1.0)
+    m = mia_metrics(scores, truth)
+    assert m["fpr_floor"] == 1 / non_members
+    fpr, tpr, _ = roc_curve(truth, scores)
+    for key, level in (("tpr_at_1_fpr", 0.01), ("tpr_at_0.1_fpr", 0.001), ("tpr_at_0.01_fpr", 0.0001)):
+        if key in reported:
+            assert m[key] == tpr[fpr <= level].max() and m[key] > 0
+        else:
+            assert m[key] is None
+
+
 def test_null_test_disjoint_non_members_labelled_at_random():
     """Scores of two sets of non-members, one of them called 'members' at random: AUC 0.5 +- 0.03."""
     rng = np.random.default_rng(1)

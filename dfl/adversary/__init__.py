@@ -18,16 +18,17 @@ from dfl.config import ExperimentConfig
 from dfl.deprecation import moved
 
 
-def observers(cfg: ExperimentConfig, population: Any, plots: Path | None) -> list[Any]:
+def observers(cfg: ExperimentConfig, population: Any, plots: Path | None, signals: Path | None = None) -> list[Any]:
     """The round observers ``cfg.attacks`` asks for: a membership ``Adversary`` if any attack is a
-    membership attack, an ``Inverter`` if any is an inversion (its image grids go to ``plots``)."""
+    membership attack (its per-sample exports go to ``signals``), an ``Inverter`` if any is an inversion
+    (its image grids go to ``plots``)."""
     # here, not at the top: importing the package for observers() alone keeps the scorers' imports lazy
     from dfl.adversary.inversion import Inverter, is_inversion
     from dfl.adversary.membership import Adversary
 
     found: list[Any] = []
     if cfg.attacks and not all(is_inversion(a.name) for a in cfg.attacks):
-        found.append(Adversary(cfg, population))
+        found.append(Adversary(cfg, population, signals))
     if any(is_inversion(a.name) for a in cfg.attacks):
         found.append(Inverter(cfg, population, plots))
     return found

@@ -12,6 +12,8 @@ victim's accuracy on the same members and non-members and its generalisation gap
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -30,6 +32,20 @@ from dfl.seeding import MIA_SAMPLE, QUERY, torch_generator
 
 Record = dict[str, Any]
 
+SIGNALS_AUTO_BYTES = 64 << 20  # output.signals: auto exports while the files stay under this
+SIGNAL_SAMPLE_BYTES = 8 + 20 + 8 + 1 + 8 + 1  # index, split ("train"/"test" as <U5), label, member, score, decision
+SIGNALS_FORMAT = """One ``.npz`` per ``kind: mia`` record (its ``signals`` key names the file), readable with
+``np.load(path, allow_pickle=False)``; arrays of the record's ``n`` evaluated samples, members first:
+
+* ``index`` (int64): the sample's index into its split of the data set; ``split`` (unicode): ``train``
+  or ``test`` (non-members come from the other nodes' holdout parts of ``train``, or from ``test``);
+* ``label`` (int64): its class; ``member`` (bool): the truth;
+* ``score`` (float64): the attack's membership score (higher = member);
+* ``decision`` (bool): the attack's own calibrated decision, only for attacks that make one;
+* scalars ``round``, ``attacker``, ``victim``, ``attack_index`` (the position in ``attacks``) and the
+  strings ``attack`` and ``access``.
+"""
+
 
 def _query_api(victim_model: Any, j: int, chain: list[Any], g: torch.Generator) -> Any:
     """Node ``j``'s black-box prediction API: its current model behind its query-time defenses."""
@@ -39,10 +55,21 @@ def _query_api(victim_model: Any, j: int, chain: list[Any], g: torch.Generator) 
     return query
 
 
+def _budget(attack: MembershipAttack, info: dict[str, Any]) -> Record:
+    """The reference-model budget behind a score: how many shadow or reference models the attack used
+    (0 for none), whether online (IN and OUT per target) or offline (OUT only), and RMIA's population."""
+    k = getattr(attack.params, "shadow_models", 0)
+    out: Record = {"reference_models": int(k), "reference_mode": info.get("reference_mode", "offline") if k else None}
+    if "population" in info:
+        out["population"] = info["population"]
+    return out
+
+
 class Adversary:
     """Runs the configured attacks of every attacker (a ``Federation`` observer)."""
 
-    def __init__(self, cfg: ExperimentConfig, population: Population) -> None:
+    def __init__(self, cfg: ExperimentConfig, population: Population, signals: Path | None = None) -> None:
+        """``signals``: the directory of the per-sample exports (written when ``output.signals`` asks)."""
         self.cfg = cfg
         self.population = population
         self.attackers = cfg.attacker_ids
@@ -58,6 +85,19 @@ class Adversary:
         self._chains = {i: population.query_defenses(i) for i in range(cfg.nodes)}
         # on the batched engine the attacks' extra models train batched too (same tolerance as the engine)
         self._stacked = cfg.engine.name == "batched" or (cfg.engine.name == "ray" and cfg.engine.ray.batched)
+        wanted = cfg.output.signals
+        on = wanted is True or (wanted == "auto" and self.signal_bytes() <= SIGNALS_AUTO_BYTES)
+        self.signals = signals if on else None
+
+    def signal_bytes(self) -> int:
+        """At most the bytes the per-sample exports of this config take: every membership attack's scheduled
+        rounds x attackers x victims (its targets, or every other node) x members and non-members."""
+        total = 0
+        for spec, _ in self.attacks:
+            rounds = sum(scheduled(spec, r, self.cfg.rounds) for r in range(1, self.cfg.rounds + 1))
+            victims = len(spec.targets) if isinstance(spec.targets, list) else self.cfg.nodes - 1
+            total += rounds * len(self.attackers) * victims * 2 * spec.samples * SIGNAL_SAMPLE_BYTES
+        return total
 
     def _local_epochs_per_round(self) -> float:
         t = self.cfg.training
@@ -162,6 +202,9 @@ class Adversary:
         from sklearn.metrics import roc_curve
 
         fpr, tpr, _ = roc_curve(truth, result.scores)
+        exported = {}
+        if self.signals is not None:
+            exported["signals"] = self._export(spec, a, v, r, members, non_members, from_test, data, truth, result)
         return {
             "round": r, "node": v, "kind": "mia", "attacker": a, "attack": spec.name, "access": spec.access,
             **metrics,
@@ -171,4 +214,32 @@ class Adversary:
             "non_members_from": "test" if from_test else "holdout",
             "roc_tpr": [round(float(np.interp(x, fpr, tpr)), 5) for x in ROC_POINTS],
             **({"threshold": result.info["threshold"]} if "threshold" in result.info else {}),
+            **_budget(attack, result.info),
+            **exported,
         }
+
+    def _export(self, spec: AttackSpec, a: int, v: int, r: int, members: np.ndarray, non_members: np.ndarray,
+                from_test: bool, data: Labelled, truth: np.ndarray, result: Any) -> str:
+        """Write one record's per-sample signals (format: :data:`SIGNALS_FORMAT`); returns the file's path
+        relative to the run directory."""
+        assert self.signals is not None
+        index = next(i for i, other in enumerate(self.cfg.attacks) if other is spec)
+        name = f"r{r:04d}-a{a}-v{v}-{index}-{spec.name}-{spec.access}.npz"
+        n_in = len(members)
+        arrays: dict[str, np.ndarray] = {
+            "index": np.r_[members, non_members].astype(np.int64),
+            "split": np.array(["train"] * n_in + ["test" if from_test else "train"] * len(non_members)),
+            "label": data.y.numpy().astype(np.int64),
+            "member": truth.astype(bool),
+            "score": np.asarray(result.scores, dtype=np.float64),
+            "round": np.int64(r), "attacker": np.int64(a), "victim": np.int64(v),
+            "attack": np.array(spec.name), "access": np.array(spec.access), "attack_index": np.int64(index),
+        }
+        if result.predicted is not None:
+            arrays["decision"] = np.asarray(result.predicted, dtype=bool)
+        self.signals.mkdir(parents=True, exist_ok=True)
+        tmp = self.signals / f".{name}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, self.signals / name)
+        return f"{self.signals.name}/{name}"

@@ -3,8 +3,9 @@
 Convention: a higher score means "member"; members are the positive class. Only the scorer calls
 these, after an attack has produced its scores: attacks never see the truth.
 
-- threshold-free: ROC AUC, TPR at a fixed FPR (1 % and 0.1 %, as in Carlini et al., "Membership
-  Inference Attacks From First Principles", S&P 2022), advantage ``max_t TPR(t) - FPR(t)`` (Yeom et
+- threshold-free: ROC AUC, TPR at a fixed FPR (1 %, 0.1 % and 0.01 %, as in Carlini et al., "Membership
+  Inference Attacks From First Principles", S&P 2022; each only where the evaluation set has enough
+  non-members to resolve it, else ``None``), advantage ``max_t TPR(t) - FPR(t)`` (Yeom et
   al., CSF 2018);
 - at a threshold: accuracy, precision, recall, F1 -- for the attack's own calibrated decision and for
   the oracle threshold that maximises balanced accuracy on the evaluation set itself (an upper bound);
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-ROC_POINTS = np.r_[0.0, np.logspace(-3, 0, 40)]  # the FPR grid a record's ROC curve (roc_tpr) is stored on
+ROC_POINTS = np.r_[0.0, np.logspace(-4, 0, 53)]  # the FPR grid a record's ROC curve (roc_tpr) is stored on
 
 
 def best_threshold(scores: np.ndarray, is_member: np.ndarray) -> float:
@@ -72,12 +73,23 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
+FPR_LEVELS = {"tpr_at_1_fpr": 0.01, "tpr_at_0.1_fpr": 0.001, "tpr_at_0.01_fpr": 0.0001}
+
+
+def resolvable(fpr: float, non_members: int) -> bool:
+    """Whether ``non_members`` negatives resolve a false-positive rate of ``fpr``: one false positive is
+    at most ``fpr`` of them (``non_members >= 1 / fpr``). Below that, the TPR "at" ``fpr`` is the TPR at
+    zero false positives, a different and noisier number, so it is not reported."""
+    return non_members >= round(1.0 / fpr)
+
+
 def mia_metrics(scores: np.ndarray, is_member: np.ndarray, predicted: np.ndarray | None = None) -> dict[str, Any]:
     """Every metric of one attack on one evaluation set.
 
     ``scores``: ``(n,)`` (higher = member); ``is_member``: ``(n,)`` truth; ``predicted``: the attack's own
     calibrated decisions, if it makes any. Keys: ``auc``, ``tpr_at_1_fpr``, ``tpr_at_0.1_fpr``,
-    ``advantage``, ``oracle_{accuracy,precision,recall,f1}``, ``{accuracy,precision,recall,f1}``
+    ``tpr_at_0.01_fpr`` (each ``None`` where the non-members cannot resolve that rate: :func:`resolvable`),
+    ``fpr_floor`` (``1 / non_members``, the smallest rate they resolve), ``advantage``, ``oracle_{accuracy,precision,recall,f1}``, ``{accuracy,precision,recall,f1}``
     (calibrated, when ``predicted`` is given), ``baseline_{accuracy,f1}`` (all-member), ``members``,
     ``non_members``.
     """
@@ -97,8 +109,9 @@ def mia_metrics(scores: np.ndarray, is_member: np.ndarray, predicted: np.ndarray
         "members": int(m.sum()),
         "non_members": int((~m).sum()),
         "auc": float(roc_auc_score(m, s)),
-        "tpr_at_1_fpr": tpr_at_fpr(fpr, tpr, 0.01),
-        "tpr_at_0.1_fpr": tpr_at_fpr(fpr, tpr, 0.001),
+        **{key: tpr_at_fpr(fpr, tpr, level) if resolvable(level, int((~m).sum())) else None
+           for key, level in FPR_LEVELS.items()},
+        "fpr_floor": 1.0 / float((~m).sum()),
         "advantage": float(np.max(tpr - fpr)),
     }
     oracle = decision_metrics(s >= best_threshold(s, m), m)
