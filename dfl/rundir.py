@@ -58,11 +58,12 @@ def _finite(value: Any) -> Any:
 
 def _nan_for_null(record: dict[str, Any]) -> dict[str, Any]:
     """A record read back: ``null`` values are non-finite numbers again (NaN), except the fields where
-    ``null`` is a value of its own (``node`` of round and fault records)."""
+    ``null`` is a value of its own (``node`` of round and fault records; a TPR at an FPR the evaluation
+    set cannot resolve; the reference mode of an attack without reference models)."""
     return {k: (math.nan if v is None and k not in NULL_FIELDS else v) for k, v in record.items()}
 
 
-NULL_FIELDS = frozenset({"node"})
+NULL_FIELDS = frozenset({"node", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "reference_mode"})
 
 
 def package_versions() -> dict[str, str]:
