@@ -1,4 +1,4 @@
-"""The Python API the CLI is a thin layer over: ``run``, ``resume``, ``validate``, ``compare``, ``run_all``.
+"""The Python API the CLI is a thin layer over: ``run``, ``resume``, ``attack``, ``validate``, ``compare``, ``run_all``.
 
     from dfl.api import run
     result = run("experiments/ring_digits.yaml", ["rounds=3"])
@@ -11,12 +11,12 @@ are :mod:`dfl.studies` (a grid of cells x seeds, ``dfl-sim compare``, the defens
 from __future__ import annotations
 
 from dfl.experiment import load_config, parse_config
-from dfl.runner import PopulationFactory, ProgressFn, RunResult, preflight, prepare, resume, run, validate
+from dfl.runner import PopulationFactory, ProgressFn, RunResult, attack, preflight, prepare, resume, run, validate
 from dfl.studies.compare import COMPARE_METRICS, CompareResult, compare, is_headline_mia, parse_over
 from dfl.studies.grid import check_jobs, run_all
 
 __all__ = [
-    "COMPARE_METRICS", "CompareResult", "PopulationFactory", "ProgressFn", "RunResult", "check_jobs", "compare",
+    "COMPARE_METRICS", "CompareResult", "PopulationFactory", "ProgressFn", "RunResult", "attack", "check_jobs", "compare",
     "is_headline_mia", "load_config", "parse_config", "parse_over", "prepare", "preflight", "resume", "run",
     "run_all", "validate",
 ]

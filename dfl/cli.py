@@ -11,6 +11,7 @@ import time
 _T0 = time.perf_counter()
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     r.add_argument("--out", metavar="DIR", help="parent directory of the run directory (default: output.dir)")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+
+    a = sub.add_parser("attack", help="run attacks on a finished run's kept shared states, without training")
+    a.add_argument("run_dir", metavar="RUN_DIR", help="a run made with output.save_shared: true")
+    a.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="the attacks to run, e.g. --set 'attacks=[{name: rmia}]' (repeatable; attacks only)")
+    a.add_argument("--out", metavar="DIR", help="parent directory of the replay's run directory (default: RUN_DIR/attacks)")
 
     v = sub.add_parser("validate", help="check an experiment file without running it")
     v.add_argument("config")
@@ -124,6 +131,16 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return 0
     if args.command == "run":
         return _run(args, console)
+    if args.command == "attack":
+        # here, not at the top: `dfl-sim --help` and bad command lines answer before torch is imported
+        from dfl import api
+
+        result = api.attack(args.run_dir, args.sets, out_dir=args.out)
+        records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        kinds = sorted({r["kind"] for r in records})
+        console.print(f"{len(records)} attack records ({', '.join(kinds) or 'none'})", highlight=False)
+        print(f"records: {result.run_dir / 'metrics.jsonl'}")
+        return 0
     if args.command == "compare":
         return _compare(args, console)
     if args.command == "search-augmentation":

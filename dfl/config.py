@@ -134,6 +134,7 @@ class OutputConfig(Strict):
     checkpoint_every: int = Field(1, ge=0, description="0 disables checkpoints (and --resume)")
     plots: bool = True
     progress: bool = True
+    save_shared: bool = Field(False, description="keep the shared and start states of every attacked round under shared/ (exact float32), for dfl-sim attack RUN_DIR")
     signals: bool | Literal["auto"] = Field("auto", description="per-sample membership scores of every attack record as .npz files under signals/ (auto: unless they would take more than 64 MB)")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from dfl.adversary import observers
+from dfl.adversary.saved import SHARED, available, load, saved_rounds, shared_bytes
+from dfl.attack import scheduled
 from dfl.config import ExperimentConfig
 from dfl.data import locate_dataset
 from dfl.engines import engine_for
 from dfl.engines.flower import check_resume
 from dfl.engines.ray import check_address
-from dfl.errors import DataError, RunError
-from dfl.experiment import load_config, parse_config
+from dfl.errors import ConfigError, DataError, RunError
+from dfl.experiment import load_config, parse_config, read_yaml
+from dfl.federation.participant import shared_tensors
 from dfl.federation.population import Population
 from dfl.federation.rounds import Federation
 from dfl.report import write_outputs
@@ -136,7 +140,11 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
     try:
         engine = engine_for(cfg)(population)
         plots = rundir.path / "plots" if cfg.output.plots else None
-        watching = observers(cfg, population, plots, rundir.path / SIGNALS)
+        watching = observers(cfg, population, plots, rundir.path / SIGNALS, rundir.path / SHARED)
+        if cfg.output.save_shared:
+            n_state = sum(t.numel() for t in shared_tensors(population.template()))
+            print(f"output.save_shared: keeping {len(saved_rounds(cfg))} round(s) of shared and start states, "
+                  f"{shared_bytes(cfg, n_state) / 2**20:,.1f} MiB, under {rundir.path / SHARED}", file=sys.stderr)
         fed = Federation(cfg, population, engine, watching, rundir=rundir, progress=progress)
         status = fed.run(start, snaps, stop_after=stop_after, t0=t0)
         timings.update(fed.timings)
@@ -176,3 +184,60 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
 
 
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG})
+
+
+REPLAYABLE = ("attacks",)  # what a replay may change: the training, and so the shared states, stays as it was
+
+
+def attack(run_dir: str | Path, overrides: Sequence[str] = (), *, out_dir: str | Path | None = None) -> RunResult:
+    """Run attacks on the kept shared states of a finished run, without training (``dfl-sim attack``).
+
+    ``overrides``: ``--set`` of ``attacks`` (or its entries) only; the result is a run directory (below
+    ``out_dir``, default ``RUN_DIR/attacks``) whose ``metrics.jsonl`` holds the records a live run with
+    those attacks writes: ``kind: mia``, ``inversion`` and ``defense``, byte for byte (inversion records'
+    ``seconds`` aside). Needs the run's ``shared/`` (``output.save_shared: true``) for every round the
+    attacks are scheduled in.
+    """
+    source = RunDir.open(run_dir)
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".")[0] not in REPLAYABLE:
+            raise ConfigError([("--set", f"{key}: a replay changes only the attacks ({', '.join(REPLAYABLE)}); "
+                                         "the training is the run's. Start a new run to change the rest")])
+    saved_dir = source.path / SHARED
+    have = available(saved_dir)
+    if not have:
+        raise RunError(f"{source.path} kept no shared states ({SHARED}/ is missing or empty): run it again with "
+                       "output.save_shared: true (--set output.save_shared=true) to attack it without training")
+    cfg = parse_config(read_yaml(source.path / "config.yaml"), list(overrides), source=str(source.path / "config.yaml"))
+    if not cfg.attacks:
+        raise ConfigError([("attacks", "no attacks to replay: --set 'attacks=[{name: loss}]'")])
+    missing = [(i, r) for i, spec in enumerate(cfg.attacks) for r in range(1, cfg.rounds + 1)
+               if scheduled(spec, r, cfg.rounds) and r not in have]
+    if missing:
+        i, r = missing[0]
+        raise ConfigError([(f"attacks.{i}", f"is scheduled in round {r}, whose states the run did not keep (kept: "
+                                            f"rounds {', '.join(map(str, have))}); schedule it there with "
+                                            f"attacks.{i}.rounds")])
+    population = prepare(cfg)
+    base = Path(out_dir) if out_dir is not None else source.path / "attacks"
+    rundir = RunDir.create(cfg, base)
+    (rundir.path / "replay.json").write_text(json.dumps({"source": str(source.path), "overrides": list(overrides)}))
+    plots = rundir.path / "plots" if cfg.output.plots else None
+    watching = observers(cfg, population, plots, rundir.path / SIGNALS)
+    rounds = sorted({r for spec in cfg.attacks for r in range(1, cfg.rounds + 1) if scheduled(spec, r, cfg.rounds)})
+    try:
+        for r in rounds:
+            shared, starts = load(saved_dir, r)
+            graph = build_graph(cfg, r - 1)
+            records: list[dict[str, Any]] = []
+            for obs in watching:
+                records += obs.observe(r - 1, graph, shared, starts)
+            rundir.append(records)
+    except BaseException:
+        rundir.set_status("failed")
+        raise
+    rundir.set_status("complete")
+    return RunResult(rundir.path, "complete")
+
+

@@ -18,15 +18,19 @@ from dfl.config import ExperimentConfig
 from dfl.deprecation import moved
 
 
-def observers(cfg: ExperimentConfig, population: Any, plots: Path | None, signals: Path | None = None) -> list[Any]:
-    """The round observers ``cfg.attacks`` asks for: a membership ``Adversary`` if any attack is a
-    membership attack (its per-sample exports go to ``signals``), an ``Inverter`` if any is an inversion
-    (its image grids go to ``plots``)."""
+def observers(cfg: ExperimentConfig, population: Any, plots: Path | None, signals: Path | None = None,
+              saved: Path | None = None) -> list[Any]:
+    """The round observers ``cfg`` asks for: a ``StateSaver`` with ``output.save_shared`` (into ``saved``),
+    a membership ``Adversary`` if any attack is a membership attack (its per-sample exports go to
+    ``signals``), an ``Inverter`` if any is an inversion (its image grids go to ``plots``)."""
     # here, not at the top: importing the package for observers() alone keeps the scorers' imports lazy
     from dfl.adversary.inversion import Inverter, is_inversion
     from dfl.adversary.membership import Adversary
+    from dfl.adversary.saved import StateSaver
 
     found: list[Any] = []
+    if cfg.output.save_shared and saved is not None:
+        found.append(StateSaver(cfg, saved))
     if cfg.attacks and not all(is_inversion(a.name) for a in cfg.attacks):
         found.append(Adversary(cfg, population, signals))
     if any(is_inversion(a.name) for a in cfg.attacks):
