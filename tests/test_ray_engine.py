@@ -63,7 +63,8 @@ def test_ray_actors_train_batched_shards_as_the_batched_engine_does(local_ray, t
     assert _metrics(on_ray.run_dir) == _metrics(in_process.run_dir)
     refused = api.validate
     with pytest.raises(ConfigError, match="defenses.0.name"):
-        refused(cfg, ["engine.name=ray", "engine.ray.batched=true", "defenses=[{name: mixup}]"])
+        refused(cfg, ["engine.name=ray", "engine.ray.batched=true",
+                      "defenses=[{name: defensive_augmentation, params: {preset: cifar10}}]"])
 
 
 def test_engines_agree_on_every_record_kind_with_the_driver_on_other_threads(local_ray, tiny, write_cfg):

@@ -25,9 +25,9 @@ def test_perturbation_table_on_digits(tmp_path, capsys):
         assert by[("confidence regularization (r 1)", seed)]["target acc"] == by[("no defense", seed)]["target acc"]
         assert float(by[("no defense", seed)]["top-one attack acc"]) >= 0.0
     report = (out / "report.md").read_text()
-    assert "| defense | target acc | top-one attack acc | top-one AUC |" in report
+    assert "| defense | target acc | top-one attack acc | top-one AUC | top-one TPR@1%FPR |" in report
     n = len(TABLES["perturbation"].rows)
-    assert report.count(" ± ") == 2 + n * 3 + (n - 1) * 3  # two captions, every cell, every change
+    assert report.count(" ± ") == 2 + n * 4 + (n - 1) * 4  # two captions, every cell, every change
     # the change table pairs runs by seed: clipping keeps every label, so target accuracy moves by exactly 0
     change = report.split("Change against no defense")[1]
     line = next(x for x in change.splitlines() if x.startswith("| confidence regularization (r 1) |"))
@@ -121,7 +121,8 @@ def test_the_shipped_table_files_hold_the_tables():
     from dfl.studies.tables import ROOT, SUFFIX, Table
 
     files = sorted(p.name.removesuffix(SUFFIX) for p in (ROOT / "experiments" / "tables").glob(f"*{SUFFIX}"))
-    assert files == sorted(TABLES) == ["adamixup", "augmixcloak", "inversion", "inversion_dp", "perturbation"]
+    assert files == sorted(TABLES) == ["adamixup", "augmixcloak", "inversion", "inversion_dp", "memguard",
+                                       "perturbation"]
     assert all(isinstance(t, Table) for t in TABLES.values())
     ada = TABLES["adamixup"]
     assert ada.attacks == "[{name: shadow_model}, {name: loss}, {name: label_only}]"
@@ -137,7 +138,8 @@ def test_the_shipped_table_files_hold_the_tables():
     aug = TABLES["augmixcloak"]
     assert aug.columns == [(t, [f"topology.name={t}"]) for t in ("fully_connected", "ring", "star")]
     assert aug.rows[3] == ("L2 regularization", ["defenses=[{name: weight_penalty, params: {norm: l2, lam: 0.0005}}]"])
-    assert aug.note == "F1 of 0.667 is the all-member baseline; AugMixCloak aims at [0.35, 0.65]."
+    assert aug.note.startswith("F1 of 0.667 is the all-member baseline (it says little where a data set barely leaks")
+    assert ("shadow TPR@1%FPR", "mia.shadow_model_tpr_at_1_fpr") in aug.metrics
     inv = TABLES["inversion"]
     assert [p for p, _ in inv.phases] == ["model", "attack"] and inv.phases[0] == ("model", ["attackers=[]"])
     assert inv.phases[1][1][-1] == "attacks=[{name: inverting_gradients, params: {iterations: 600}}]"
