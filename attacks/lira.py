@@ -1,9 +1,9 @@
 """``lira``: the online Likelihood Ratio Attack (Carlini et al., S&P 2022).
 
 Carlini, Chien, Nasr, Song, Terzis, Tramèr, "Membership Inference Attacks From First Principles"
-(S&P 2022), the online variant: the attacker trains ``k`` reference models on random halves of a pool
-made of its auxiliary data and the targets (:func:`attacks.shadow.reference_models`: each target is IN
-for exactly half of them), and fits two Gaussians per target to the logit-scaled confidence
+(S&P 2022), the online variant: the attacker trains ``k`` reference models, each on a random half of
+the targets filled up with auxiliary data to a victim's training size
+(:func:`attacks.shadow.reference_models`: each target is IN for exactly half of them), and fits two Gaussians per target to the logit-scaled confidence
 
     phi(p, y) = log(p_y / (1 - p_y))
 
@@ -73,7 +73,7 @@ class Lira(MembershipAttack):
 
     def score(self, view: AdversaryView, outputs: Outputs, data: Labelled) -> AttackResult:
         p = self.params
-        ref = reference_models(view, p.shadow_models, data, p.shadow_epochs)
+        ref = reference_models(view, p.shadow_models, data, p.shadow_size, p.shadow_epochs)
         views = [data.x, data.x.flip(-1)] if p.augment else [data.x]
         tests = []
         for x in views:

@@ -74,7 +74,7 @@ class Rmia(MembershipAttack):
         pick = view.rng(500).permutation(len(aux))[: p.population]
         z = aux.subset(np.sort(pick))
         if p.online:
-            models = reference_models(view, p.shadow_models, data, p.shadow_epochs).models
+            models = reference_models(view, p.shadow_models, data, p.shadow_size, p.shadow_epochs).models
         else:
             models = [sh.model for sh in shadow_models(view, p.shadow_models, p.shadow_size, p.shadow_epochs)]
         ref_x = np.mean([label_probability(probabilities(m, data.x), data.y) for m in models], axis=0)

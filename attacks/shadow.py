@@ -153,28 +153,34 @@ class Reference:
     keep: np.ndarray
 
 
-def reference_models(view: AdversaryView, k: int, targets: Labelled, epochs: float | None) -> Reference:
+def reference_models(view: AdversaryView, k: int, targets: Labelled, size: int | None,
+                     epochs: float | None) -> Reference:
     """``k`` reference models with and without each target (the online setting of Carlini et al. 2022 and
     Zarifzadeh et al. 2024), cached in the view for these targets.
 
-    The pool is the auxiliary data and the targets; Carlini et al.'s keep matrix puts every pool sample
-    in exactly ``k // 2`` of the models (a random half per sample), so each target is IN for half of the
-    models and OUT for the others. Each model trains on its half of the pool with the victims' recipe
-    (:func:`train_models`: batched on the batched engines), for ``epochs`` (default: a victim's local
-    epochs so far).
+    Carlini et al.'s keep matrix puts every target in exactly ``k // 2`` of the models (a random half per
+    target), so each target is IN for half of the models and OUT for the others. A model trains on its
+    IN targets, filled up with random auxiliary samples to ``size`` (default: the attacker's own
+    training set size, as the shadow models; no fill when its targets already reach it), so that it
+    memorises about as much as a victim does; with the victims' recipe (:func:`train_models`: batched on
+    the batched engines), for ``epochs`` (default: a victim's local epochs so far).
     """
     digest = hashlib.sha256(targets.x.numpy().tobytes() + targets.y.numpy().tobytes()).hexdigest()[:16]
-    key = f"reference:{k}:{epochs}:{digest}"
+    key = f"reference:{k}:{size}:{epochs}:{digest}"
     if key in view.cache:
         return view.cache[key]
     aux = view.auxiliary
-    pool = Labelled(torch.cat([aux.x, targets.x]), torch.cat([aux.y, targets.y]))
     rng = view.rng(400, k)
-    keep = rng.uniform(size=(k, len(pool))).argsort(0) < k // 2  # each column: exactly k // 2 models
+    keep = rng.uniform(size=(k, len(targets))).argsort(0) < k // 2  # each column: exactly k // 2 models
+    want = size or len(view.own)
+    datas = []
+    for row in keep:
+        inside = targets.subset(np.flatnonzero(row))
+        fill = aux.subset(rng.permutation(len(aux))[: max(0, want - len(inside))])
+        datas.append(Labelled(torch.cat([inside.x, fill.x]), torch.cat([inside.y, fill.y])))
     ep = epochs if epochs is not None else max(view.local_epochs_so_far, 1.0)
     seeds = [int(s) for s in rng.integers(2**62, size=k)]
-    models = train_models(view, [pool.subset(np.flatnonzero(row)) for row in keep], ep, seeds)
-    out = Reference(models, keep[:, len(aux):])
+    out = Reference(train_models(view, datas, ep, seeds), keep)
     view.cache[key] = out
     return out
 

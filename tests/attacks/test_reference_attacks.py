@@ -77,12 +77,12 @@ def test_reference_models_put_each_target_in_exactly_half_and_are_cached() -> No
     v = view()
     g = torch.Generator().manual_seed(4)
     targets = Labelled(torch.randn(20, 1, 8, 8, generator=g), torch.randint(0, 4, (20,), generator=g))
-    ref = reference_models(v, 6, targets, None)
+    ref = reference_models(v, 6, targets, None, None)
     assert ref.keep.shape == (6, 20) and (ref.keep.sum(0) == 3).all()
     assert len({tuple(row) for row in ref.keep}) > 1  # the halves differ between models
-    assert reference_models(v, 6, targets, None) is ref  # cached for the same targets
+    assert reference_models(v, 6, targets, None, None) is ref  # cached for the same targets
     other = Labelled(targets.x + 1, targets.y)
-    assert reference_models(v, 6, other, None) is not ref
+    assert reference_models(v, 6, other, None, None) is not ref
 
 
 def test_shadow_models_are_shared_between_attacks_asking_for_different_counts() -> None:
