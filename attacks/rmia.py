@@ -14,7 +14,9 @@ reference models trained with the victims' recipe:
 * **offline** (the default): OUT models only, the shadow models of the auxiliary pool
   (:func:`attacks.shadow.shadow_models`, shared with ``lira_offline`` and the shadow-calibrated attacks);
   their mean is an estimate of ``Pr(x)`` over models without ``x``, and the paper's approximation of the
-  IN half is ``Pr(x) = ((1 + a) * Pr_OUT(x) + (1 - a)) / 2``;
+  IN half is ``Pr(x) = ((1 + a) * Pr_OUT(x) + (1 - a)) / 2``, with ``a`` chosen as the paper does unless
+  given (:func:`tune_a`: each shadow model in turn plays the victim of the others; recorded as
+  ``offline_a``);
 * **online**: IN and OUT models (:func:`attacks.shadow.reference_models`: each target in half of them,
   shared with ``lira``); ``Pr(x)`` is their plain mean.
 
@@ -41,12 +43,44 @@ class RmiaParams(ShadowParams):
     online: bool = Field(False, description="IN and OUT reference models per target (else OUT only, offline)")
     population: int = Field(1000, gt=0, description="population samples z drawn from the auxiliary pool")
     gamma: float = Field(1.0, gt=0.0, description="threshold of the pairwise likelihood ratio")
-    a: float = Field(0.3, ge=0.0, le=1.0, description="offline: Pr(x) = ((1 + a) Pr_OUT(x) + 1 - a) / 2")
+    a: float | None = Field(None, ge=0.0, le=1.0, description="offline: Pr(x) = ((1 + a) Pr_OUT(x) + 1 - a) / 2 "
+                            "(default: chosen on the shadow models, the paper's procedure; 0.3 with one)")
 
 
 def label_probability(p: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """``Pr(x | theta)``: each row's probability of its label, ``(N,)`` float64."""
     return p.double().gather(1, y[:, None]).squeeze(1).numpy()
+
+
+A_GRID = np.linspace(0.0, 1.0, 11)  # the offline a values tried on the shadow models
+A_ONE_MODEL = 0.3  # the offline a with a single shadow model, where none is left to tune it on
+
+
+def offline_ratio(p_target: np.ndarray, p_refs: np.ndarray, a: float) -> np.ndarray:
+    """``Pr(x | theta) / Pr(x)`` with the offline ``Pr(x) = ((1 + a) mean(p_refs) + 1 - a) / 2``."""
+    return p_target / np.maximum(((1 + a) * p_refs.mean(0) + (1 - a)) / 2, EPS)
+
+
+def tune_a(shadows: list, z: Labelled, gamma: float) -> float:
+    """The offline ``a`` of the paper's procedure: each shadow model in turn plays the victim (its own
+    members and non-members are known), the others the reference models; the ``a`` of :data:`A_GRID`
+    with the best mean AUC wins (ties: the smallest)."""
+    from sklearn.metrics import roc_auc_score  # here: importing the plugins stays fast
+
+    if len(shadows) < 2:
+        return A_ONE_MODEL
+    pz = np.stack([label_probability(probabilities(sh.model, z.x), z.y) for sh in shadows])
+    auc = np.zeros(len(A_GRID))
+    for t, target in enumerate(shadows):
+        x = torch.cat([target.inside.x, target.outside.x])
+        y = torch.cat([target.inside.y, target.outside.y])
+        truth = np.r_[np.ones(len(target.inside), bool), np.zeros(len(target.outside), bool)]
+        px = np.stack([label_probability(probabilities(sh.model, x), y) for sh in shadows])
+        others = [j for j in range(len(shadows)) if j != t]
+        ratio_z = pz[t] / np.maximum(pz[others].mean(0), EPS)
+        for i, a in enumerate(A_GRID):
+            auc[i] += roc_auc_score(truth, rmia_scores(offline_ratio(px[t], px[others], a), ratio_z, gamma))
+    return float(A_GRID[int(np.argmax(auc))])
 
 
 def rmia_scores(ratio_x: np.ndarray, ratio_z: np.ndarray, gamma: float) -> np.ndarray:
@@ -73,16 +107,20 @@ class Rmia(MembershipAttack):
         aux = view.auxiliary
         pick = view.rng(500).permutation(len(aux))[: p.population]
         z = aux.subset(np.sort(pick))
+        info: dict = {"reference_models": p.shadow_models, "reference_mode": "online" if p.online else "offline",
+                      "population": len(z), "queries": 1}
         if p.online:
             models = reference_models(view, p.shadow_models, data, p.shadow_size, p.shadow_epochs).models
         else:
-            models = [sh.model for sh in shadow_models(view, p.shadow_models, p.shadow_size, p.shadow_epochs)]
-        ref_x = np.mean([label_probability(probabilities(m, data.x), data.y) for m in models], axis=0)
+            shadows = shadow_models(view, p.shadow_models, p.shadow_size, p.shadow_epochs)
+            models = [sh.model for sh in shadows]
+            key = f"rmia_a:{p.shadow_models}:{p.shadow_size}:{p.shadow_epochs}:{p.population}:{p.gamma}"
+            if p.a is None and key not in view.cache:
+                view.cache[key] = tune_a(shadows, z, p.gamma)
+            info["a"] = p.a if p.a is not None else view.cache[key]
+        p_x = np.stack([label_probability(probabilities(m, data.x), data.y) for m in models])
         ref_z = np.mean([label_probability(probabilities(m, z.x), z.y) for m in models], axis=0)
-        if not p.online:
-            ref_x = ((1 + p.a) * ref_x + (1 - p.a)) / 2
-        ratio_x = label_probability(outputs(data.x), data.y) / np.maximum(ref_x, EPS)
+        target_x = label_probability(outputs(data.x), data.y)
+        ratio_x = target_x / np.maximum(p_x.mean(0), EPS) if p.online else offline_ratio(target_x, p_x, info["a"])
         ratio_z = label_probability(outputs(z.x), z.y) / np.maximum(ref_z, EPS)
-        return AttackResult(rmia_scores(ratio_x, ratio_z, p.gamma), None, {
-            "reference_models": p.shadow_models, "reference_mode": "online" if p.online else "offline",
-            "population": len(z), "queries": 1})
+        return AttackResult(rmia_scores(ratio_x, ratio_z, p.gamma), None, info)

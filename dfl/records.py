@@ -26,7 +26,8 @@ Keys beyond ``round``, ``node`` and ``kind``, by kind:
     ``fpr_floor`` (``1 / non_members``), ``advantage``, ``roc_tpr`` (TPR on
     ``dfl.metrics.membership.ROC_POINTS``); the reference-model budget: ``reference_models`` (shadow or
     reference models the attack used, 0 for none), ``reference_mode`` (``offline``: OUT models only;
-    ``online``: IN and OUT per target; ``null`` without) and, for ``rmia``, ``population``; ``signals``, with ``output.signals``: the record's per-sample
+    ``online``: IN and OUT per target; ``null`` without) and, for ``rmia``, ``population`` (and offline,
+    ``offline_a``); ``signals``, with ``output.signals``: the record's per-sample
     export, a path relative to the run directory (format: ``dfl.adversary.membership.SIGNALS_FORMAT``); the
     oracle threshold's ``oracle_accuracy`` / ``_precision`` / ``_recall`` / ``_f1``; the all-member
     ``baseline_accuracy`` / ``baseline_f1``; for calibrated attacks their own ``accuracy``,

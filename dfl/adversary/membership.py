@@ -57,11 +57,13 @@ def _query_api(victim_model: Any, j: int, chain: list[Any], g: torch.Generator) 
 
 def _budget(attack: MembershipAttack, info: dict[str, Any]) -> Record:
     """The reference-model budget behind a score: how many shadow or reference models the attack used
-    (0 for none), whether online (IN and OUT per target) or offline (OUT only), and RMIA's population."""
+    (0 for none), whether online (IN and OUT per target) or offline (OUT only), and RMIA's population and
+    offline ``a``."""
     k = getattr(attack.params, "shadow_models", 0)
     out: Record = {"reference_models": int(k), "reference_mode": info.get("reference_mode", "offline") if k else None}
-    if "population" in info:
-        out["population"] = info["population"]
+    for key, name in (("population", "population"), ("a", "offline_a")):
+        if key in info:
+            out[name] = info[key]
     return out
 
 

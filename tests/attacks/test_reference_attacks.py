@@ -18,7 +18,7 @@ from torch import nn
 
 from attacks.base import AdversaryView, Labelled
 from attacks.lira import gaussian_statistics, online_lr
-from attacks.rmia import rmia_scores
+from attacks.rmia import A_GRID, A_ONE_MODEL, rmia_scores, tune_a
 from attacks.shadow import reference_models, shadow_models
 from dfl import api
 from dfl.config import TrainingConfig
@@ -124,6 +124,7 @@ def test_overfit_victims_leak_to_rmia_and_online_lira_at_least_as_to_the_loss_at
             assert r["reference_models"] == 8
         if r["attack"] == "rmia":
             assert r["population"] > 0
+            assert (r["offline_a"] in A_GRID) if r["reference_mode"] == "offline" else "offline_a" not in r
     auc = {key: float(np.mean(v)) for key, v in by.items()}
     assert auc[("loss", False)] > 0.6
     for key in (("rmia", True), ("lira", True)):  # IN models per target: at least the loss attack
@@ -156,3 +157,32 @@ def test_null_test_random_member_labels_give_auc_one_half(attack: str) -> None:
     scores = attack_obj.score(v, outputs, data).scores
     truth = np.random.default_rng(1).permutation(np.r_[np.ones(1000, bool), np.zeros(1000, bool)])
     assert abs(mia_metrics(scores, truth)["auc"] - 0.5) <= 0.03
+
+
+def test_tune_a_picks_the_grid_value_with_the_best_auc_on_the_shadow_models() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from attacks.rmia import label_probability, offline_ratio
+    from dfl.attack import probabilities
+
+    v = view()
+    shadows = shadow_models(v, 3, 15, 3.0)
+    z = v.auxiliary.subset(np.arange(40))
+    assert tune_a(shadows[:1], z, 1.0) == A_ONE_MODEL  # nothing left to tune on
+    best = tune_a(shadows, z, 1.0)
+    pz = np.stack([label_probability(probabilities(sh.model, z.x), z.y) for sh in shadows])
+
+    def mean_auc(a: float) -> float:  # the slow obvious version
+        total = 0.0
+        for t, sh in enumerate(shadows):
+            x, y = torch.cat([sh.inside.x, sh.outside.x]), torch.cat([sh.inside.y, sh.outside.y])
+            truth = np.r_[np.ones(len(sh.inside), bool), np.zeros(len(sh.outside), bool)]
+            px = np.stack([label_probability(probabilities(m.model, x), y) for m in shadows])
+            others = [j for j in range(3) if j != t]
+            scores = [np.mean([offline_ratio(px[t], px[others], a)[i] / (pz[t][w] / pz[others, w].mean()) >= 1.0
+                               for w in range(len(z))]) for i in range(len(truth))]
+            total += roc_auc_score(truth, scores)
+        return total
+
+    aucs = [mean_auc(a) for a in A_GRID]
+    assert best in A_GRID and mean_auc(best) == pytest.approx(max(aucs), abs=1e-9)
