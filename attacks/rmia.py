@@ -2,8 +2,8 @@
 
 Zarifzadeh, Liu, Chatzikokolakis, Shokri, "Low-Cost High-Power Membership Inference Attacks" (ICML
 2024). With ``Pr(x | theta)`` a model's probability of ``x``'s label, the attack compares the target
-``x`` with population samples ``z`` (a seeded subset of the attacker's auxiliary pool, ``population``
-of them) through the pairwise likelihood ratio
+``x`` with population samples ``z`` (the attacker's auxiliary pool, or a seeded subset of ``population``
+of it) through the pairwise likelihood ratio
 
     LR(x, z) = [Pr(x | theta) / Pr(x)] / [Pr(z | theta) / Pr(z)],
     score(x) = Pr_z[ LR(x, z) >= gamma ],
@@ -41,7 +41,8 @@ EPS = 1e-30
 class RmiaParams(ShadowParams):
     shadow_models: int = Field(4, ge=1, description="reference models (online: at least 2, IN and OUT halves)")
     online: bool = Field(False, description="IN and OUT reference models per target (else OUT only, offline)")
-    population: int = Field(1000, gt=0, description="population samples z drawn from the auxiliary pool")
+    population: int | None = Field(None, gt=0, description="population samples z drawn from the auxiliary pool "
+                                   "(default: all of it; more z resolve the score more finely)")
     gamma: float = Field(1.0, gt=0.0, description="threshold of the pairwise likelihood ratio")
     a: float | None = Field(None, ge=0.0, le=1.0, description="offline: Pr(x) = ((1 + a) Pr_OUT(x) + 1 - a) / 2 "
                             "(default: chosen on the shadow models, the paper's procedure; 0.3 with one)")
