@@ -2,7 +2,8 @@
 
 :func:`run` and :func:`resume` build what a config asks for and hand the rounds to
 :meth:`Federation.run <dfl.federation.rounds.Federation.run>`, the one round loop; :func:`validate`
-checks everything a run needs without training. :mod:`dfl.api` re-exports these for notebooks and the
+checks everything a run needs without training; :func:`attack` runs attacks on a finished run's kept
+states (``output.save_shared``) without training. :mod:`dfl.api` re-exports these for notebooks and the
 CLI, beside the studies (``compare``, ``run_all``).
 """
 
