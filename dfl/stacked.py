@@ -83,12 +83,16 @@ class Layout:
         return out
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over a batch's real samples (``mask`` 1.0; padding 0.0)."""
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
 def cross_entropy(model: nn.Module) -> Loss:
     """The plain loss of a row: the masked mean cross-entropy of ``model`` (the shell) on its batch."""
     def loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
              extra: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(functional_call(model, params, (x,)), y, reduction="none")
-        return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        return masked_mean(F.cross_entropy(functional_call(model, params, (x,)), y, reduction="none"), mask)
 
     return loss
 
@@ -176,11 +180,10 @@ class Trainer:
     def _grads(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
                extra: Any, active: torch.Tensor) -> tuple[Callable[[str, slice], torch.Tensor], torch.Tensor]:
         """Every row's gradient (a function of a parameter's name and columns) and loss at one step."""
+        k = x.shape[0]
         if not self.rowwise:
             grads, loss = self.step_grad(params, x, y, mask, extra)
-            k = x.shape[0]
             return (lambda name, part: grads[name].reshape(k, -1)), loss
-        k = x.shape[0]
         buffer = torch.zeros((k, self.layout.n_params), device=x.device)
         loss = torch.zeros(k, device=x.device)
         parts = self.layout.param_parts()

@@ -53,7 +53,7 @@ from torch.func import functional_call, vmap
 from dfl.config import defended_nodes
 from dfl.defense import ShareDefense, TrainingDefense
 from dfl.federation.engine import Engine
-from dfl.federation.participant import local_batches, shared_tensors
+from dfl.federation.participant import local_batches
 from dfl.federation.population import Population
 from dfl.mixing import GossipPlan, gossip_stacked
 from dfl.registries import DEFENSES
@@ -65,6 +65,8 @@ from dfl.stacked import (
     activation_numel,
     batch_plan,
     chunk_size,
+    cross_entropy,
+    masked_mean,
     padded,
     param_groups,
     vmap_pays,
@@ -108,8 +110,7 @@ class BatchedEngine(Engine):
         self.device = population.device
         self.model = copy.deepcopy(population.template()).to(self.device)  # a shell for functional_call
         self.layout = Layout(self.model)
-        flat = torch.cat([t.detach().reshape(-1).float() for t in shared_tensors(self.model)]).to(self.device)
-        self.flat = flat.expand(self.n, -1).clone()  # (n_nodes, n_state): every node's shared state
+        self.flat = self.layout.row(self.model).expand(self.n, -1).clone()  # (n_nodes, n_state): every node's state
         data = population.data
         self.x_u8 = torch.from_numpy(np.ascontiguousarray(data.x_train)).to(self.device)
         self.y_all = torch.from_numpy(data.y_train).to(self.device)
@@ -128,6 +129,7 @@ class BatchedEngine(Engine):
         self.opt = Optimizer(self.training.optimizer, self.n, self.layout.n_params, self.device)
         vm = cfg.engine.vmap
         self.rowwise = not vmap_pays(self.model, self.device) if vm == "auto" else not vm
+        self._plain = cross_entropy(self.model)  # the loss of nodes without training-time defenses
         self.trainer = Trainer(self.layout, self.opt, self._loss, rowwise=self.rowwise)
         self.chunk = cfg.engine.batch_size or chunk_size(
             self.n, self.layout.n_state, self.training.batch_size, int(np.prod(data.shape)),
@@ -149,8 +151,8 @@ class BatchedEngine(Engine):
         return out
 
     def _training_defenses(self, population: Population) -> tuple[list[TrainingDefense], torch.Tensor]:
-        """One instance per training-time defense of the config (those with ``batched = True``; the config
-        check refuses the others) and ``(n_nodes, n_defenses)`` flags of the nodes each one defends."""
+        """One instance per training-time defense of the config (those with ``batched`` or ``draws``; the
+        config check refuses the others) and ``(n_nodes, n_defenses)`` flags of the nodes each one defends."""
         cfg, found, flags = self.cfg, [], []
         specs = [(i, spec) for i, spec in enumerate(cfg.defenses)
                  if isinstance(obj := DEFENSES.get(spec.name).obj, type) and issubclass(obj, TrainingDefense)]
@@ -175,9 +177,7 @@ class BatchedEngine(Engine):
         rewrite the batch, plus their penalties. ``extra``: ``(on, drawn)``, one flag per defense and the
         node's draws of this step for the defenses that draw (``{str(j): draw}``)."""
         if not self.train_defenses:
-            logits = functional_call(self.model, params, (x,))
-            ce = F.cross_entropy(logits, y, reduction="none")
-            return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+            return self._plain(params, x, y, mask, extra)
         on, drawn = extra
         target = y  # one-hot rows (made before vmap): cross-entropy against them is exactly -log p_y
         for j, d in enumerate(self.train_defenses):
@@ -187,8 +187,7 @@ class BatchedEngine(Engine):
                 x2, t2 = d.batch(x, target, 0.0, None)  # type: ignore[arg-type]  # pure: no progress, no draws
             x, target = torch.where(on[j] > 0, x2, x), torch.where(on[j] > 0, t2, target)
         logits, penalties = functional_call(self.shell, {f"model.{k}": v for k, v in params.items()}, (x,))
-        ce = F.cross_entropy(logits, target, reduction="none")
-        loss = (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        loss = masked_mean(F.cross_entropy(logits, target, reduction="none"), mask)
         for j, penalty in enumerate(penalties):
             if penalty is not None:
                 loss = loss + on[j] * penalty
@@ -214,10 +213,10 @@ class BatchedEngine(Engine):
         draws = [j for j, d in enumerate(self.train_defenses) if d.draws]
         streams = {i: torch_generator(self.cfg.seed, TRAIN_DEFENSE, g, round_idx)  # as each participant's
                    for i, g in enumerate(self.ids) if draws and bool(self.defended[i, draws].any())}
+        drawer = _Draws(self, round_idx, draws, streams, steps)
         for lo in range(0, self.n, self.chunk):
             hi = min(lo + self.chunk, self.n)
-            plan = batch_plan(plans[lo:hi], self.training.batch_size)
-            losses[lo:hi] = self._train_chunk(new, lo, hi, plan, _Draws(self, round_idx, draws, streams, steps))
+            losses[lo:hi] = self._train_chunk(new, lo, hi, batch_plan(plans[lo:hi], self.training.batch_size), drawer)
         for i, defenses in self.share_defenses.items():
             update = new[i] - start[i]
             for d in defenses:
@@ -338,17 +337,23 @@ class _Draws:
     def __init__(self, engine: BatchedEngine, round_idx: int, draws: list[int], streams: dict[int, torch.Generator],
                  steps: list[int]) -> None:
         self.engine, self.round_idx, self.draws, self.streams, self.steps = engine, round_idx, draws, streams, steps
+        self._idle: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def idle(self, j: int, width: int) -> list[torch.Tensor]:
+        """The draws of defense ``j`` for a node without it (its row keeps the undefended batch): the right
+        shapes and dtypes from a throwaway stream, scalars 1 and index vectors the identity."""
+        if (j, width) not in self._idle:
+            drawn = self.engine.train_defenses[j].draw(width, 0.0, torch.Generator().manual_seed(0))
+            self._idle[j, width] = [torch.ones((), dtype=t.dtype) if t.ndim == 0 else torch.arange(width)
+                                    for t in drawn]
+        return self._idle[j, width]
 
     def step(self, lo: int, hi: int, s: int, local: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
         eng, width = self.engine, local.shape[1]
         out: dict[str, list[list[torch.Tensor]]] = {}
         sizes = (local >= 0).sum(1).tolist()
         for j in self.draws:
-            d, rows = eng.train_defenses[j], out.setdefault(str(j), [])
-            # for the nodes without the defense (their rows keep the undefended batch): draws of the right
-            # shapes and dtypes from a throwaway stream, scalars 1 and index vectors the identity
-            idle = [torch.ones((), dtype=t.dtype) if t.ndim == 0 else torch.arange(width)
-                    for t in d.draw(width, 0.0, torch.Generator().manual_seed(0))]
+            d, rows, idle = eng.train_defenses[j], out.setdefault(str(j), []), self.idle(j, width)
             for i in range(lo, hi):
                 g, size = self.streams.get(i), sizes[i - lo]
                 if g is None or size == 0 or not bool(eng.defended[i, j]):
