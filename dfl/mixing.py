@@ -216,26 +216,35 @@ def consensus_distance(states: torch.Tensor) -> float:
     """Mean distance of the nodes' states to their average (0 at consensus).
 
     ``d(X) = (1/n) sum_i || x_i - x_bar ||_2`` with ``x_bar = (1/n) sum_j x_j``, ``X``: ``(n_nodes,
-    n_params)``; computed in float64. Non-increasing under gossip with a doubly stochastic ``W``:
+    n_params)``; computed in float64, ``x_bar`` as the sum of :data:`CONSENSUS_ROWS`-row block sums.
+    Non-increasing under gossip with a doubly stochastic ``W``:
     ``sum_i ||sum_j W_ij (x_j - x_bar)|| <= sum_j (sum_i W_ij) ||x_j - x_bar||`` and ``x_bar`` is unchanged.
     """
     if states.ndim != 2 or states.shape[0] == 0:
         raise ValueError(f"states must be (n_nodes, n_params) with n_nodes >= 1, got {tuple(states.shape)}")
-    # In float64 blocks of at most CONSENSUS_BLOCK_BYTES: the mean by blocks of columns, the norms by blocks
-    # of rows. Each column's mean and each row's norm is reduced as over the whole matrix, so the result
-    # is bit-identical to the one-piece formula (tested), without an (n, P) float64 copy.
+    # In float64 pieces of at most CONSENSUS_BLOCK_BYTES, read row by row (a column slice of every row
+    # would touch every row's memory pages for each slice: seconds at thousands of nodes). The mean is
+    # the sum of CONSENSUS_ROWS-row block sums, accumulated in row order; each column of a block is
+    # reduced as over the whole block whatever the width of the piece it is in. So the result depends on
+    # CONSENSUS_ROWS (a constant) and not on the memory budget: bit-identical at any block size (tested).
     x, (n, p) = states.detach(), states.shape
-    cols = max(1, CONSENSUS_BLOCK_BYTES // (8 * n))
-    mean = torch.cat([x[:, c : c + cols].to("cpu", torch.float64).mean(dim=0) for c in range(0, p, cols)])
+    total = torch.zeros(p, dtype=torch.float64)
+    cols = max(1, CONSENSUS_BLOCK_BYTES // (8 * CONSENSUS_ROWS))
+    for r in range(0, n, CONSENSUS_ROWS):
+        for c in range(0, p, cols):
+            total[c : c + cols] += x[r : r + CONSENSUS_ROWS, c : c + cols].to("cpu", torch.float64).sum(dim=0)
+    mean = total / n
     rows = max(1, CONSENSUS_BLOCK_BYTES // (8 * max(p, 1)))
     norms = [torch.linalg.vector_norm(x[r : r + rows].to("cpu", torch.float64) - mean, dim=1) for r in range(0, n, rows)]
     return float(torch.cat(norms).mean().item())
 
 
 CONSENSUS_BLOCK_BYTES = 1 << 22  # small enough that the float64 temporaries stay in cache (bit-identical at any size)
+CONSENSUS_ROWS = 64  # the mean's row blocks: part of the metric's arithmetic (changing it changes last bits)
 
 
-GOSSIP_BLOCK_BYTES = 1 << 28  # gossip_stacked's temporaries per block of rows
+GOSSIP_BLOCK_BYTES = 1 << 22  # gossip_stacked's rows per block: a block's output and scratch stay in cache
+GOSSIP_MIN_RUN = 16  # runs of at least this many rows with consecutive columns are read in place, not gathered
 
 
 class GossipPlan:
@@ -243,8 +252,10 @@ class GossipPlan:
 
     Row ``i``'s nonzero weights, in increasing column order, are slots ``k = 0, 1, ...``; slot ``k``
     holds every row that has a ``k``-th nonzero weight (rows increasing), its column and its weight.
-    Finding them scans the dense ``(n_rows, n_nodes)`` matrix, which at thousands of nodes costs more
-    than the gossip itself: an engine keeps the plan while the matrix stays the same.
+    Within a slot, a run of at least :data:`GOSSIP_MIN_RUN` consecutive rows whose columns are
+    consecutive too (a ring's or a torus's neighbours) is a slice of the states, read in place; the rest
+    is gathered. Finding them scans the dense ``(n_rows, n_nodes)`` matrix, which at thousands of nodes
+    costs more than the gossip itself: an engine keeps the plan while the matrix stays the same.
     """
 
     def __init__(self, W: FloatArray) -> None:
@@ -254,21 +265,30 @@ class GossipPlan:
         self.shape: tuple[int, int] = (int(W.shape[0]), int(W.shape[1]))
         rows, cols = np.nonzero(W)  # row-major: each row's columns in increasing order
         counts = np.bincount(rows, minlength=W.shape[0])
+        self.complete = bool(len(counts) == 0 or counts.min() > 0)  # every row has a weight
         slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
         self.slots: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # per slot: starts and ends of the runs read in place
         for k in range(int(counts.max()) if len(counts) else 0):
             pick = slot == k
-            self.slots.append((rows[pick], cols[pick], W[rows[pick], cols[pick]]))
+            r, c = rows[pick], cols[pick]
+            self.slots.append((r, c, W[r, c]))
+            step = (np.diff(r) == 1) & (np.diff(c) == 1)
+            breaks = np.flatnonzero(~step) + 1
+            starts, ends = np.r_[0, breaks], np.r_[breaks, len(r)]
+            long = ends - starts >= GOSSIP_MIN_RUN
+            self.runs.append((starts[long], ends[long]))
 
 
 def gossip_stacked(states: torch.Tensor, W: FloatArray | GossipPlan, out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`gossip` for all nodes at once, bit-identical to it: ``(n_nodes, n_params) -> (n_rows, n_params)``.
 
     ``W``: the mixing matrix, or its :class:`GossipPlan` (which an engine keeps while ``W`` is unchanged).
-    Slot ``k`` of the plan is one gathered multiply and one add over the rows that have a ``k``-th
-    nonzero weight, so each row sees exactly :func:`gossip_row`'s operations in its order (a few tensor
-    operations per round, where :func:`gossip` makes a few per node: what the batched engine needs for
-    thousands of nodes). Rows go in blocks whose temporaries stay under :data:`GOSSIP_BLOCK_BYTES`.
+    For each slot of the plan, each row takes one multiply by its weight and (after the first slot) one
+    add, so each row sees exactly :func:`gossip_row`'s operations in its order, in a few tensor
+    operations per block of rows where :func:`gossip` makes a few per node (what the batched engine needs
+    for thousands of nodes). Blocks of rows stay under :data:`GOSSIP_BLOCK_BYTES`, so the block's output
+    stays in cache across slots and memory is read about once per neighbour.
     ``out``: a ``(n_rows, n_params)`` tensor to write into (not ``states``), or ``None`` for a new one.
     """
     plan = W if isinstance(W, GossipPlan) else GossipPlan(W)
@@ -277,38 +297,56 @@ def gossip_stacked(states: torch.Tensor, W: FloatArray | GossipPlan, out: torch.
         raise ValueError(f"W must be (n_rows, n_nodes) and states (n_nodes, n_params) with matching n_nodes,"
                          f" got W {plan.shape} and states {tuple(states.shape)}")
     if out is None:
-        out = torch.zeros((n_rows, states.shape[1]), dtype=states.dtype, device=states.device)
+        out = torch.empty((n_rows, states.shape[1]), dtype=states.dtype, device=states.device)
     elif out.shape != (n_rows, states.shape[1]) or out.data_ptr() == states.data_ptr():
         raise ValueError(f"out must be a ({n_rows}, {states.shape[1]}) tensor other than states")
-    else:
+    if not plan.complete:
         out.zero_()  # rows without a nonzero weight stay 0, as in gossip
     block = max(1, GOSSIP_BLOCK_BYTES // max(1, states.shape[1] * states.element_size()))
+    weights = [torch.from_numpy(w).to(states.dtype).to(states.device)[:, None] for _, _, w in plan.slots]
     with torch.no_grad():
         term = torch.empty((min(block, n_rows), states.shape[1]), dtype=states.dtype, device=states.device)
         for r0 in range(0, n_rows, block):
-            _gossip_block(states, plan, r0, min(r0 + block, n_rows), out[r0 : r0 + block], term)
+            r1 = min(r0 + block, n_rows)
+            for k in range(len(plan.slots)):
+                _gossip_slot(states, plan, k, weights[k], r0, r1, out, term)
     return out
 
 
-def _gossip_block(states: torch.Tensor, plan: GossipPlan, r0: int, r1: int, out: torch.Tensor,
-                  buffer: torch.Tensor) -> None:
-    """Rows ``r0..r1-1`` of the gossip into ``out``; ``buffer``: scratch of at least ``r1 - r0`` rows."""
-    for k, (rows, cols, weights) in enumerate(plan.slots):
-        a, b = np.searchsorted(rows, (r0, r1))
-        if a == b:
-            continue
-        c = torch.from_numpy(cols[a:b]).to(states.device)
-        # weights rounded to the states' dtype, as torch.mul(x, float(w)) rounds them in gossip_row
-        w = torch.from_numpy(weights[a:b]).to(states.dtype).to(states.device)[:, None]
-        if b - a == r1 - r0:  # every row of the block has a k-th weight (a regular graph): no scatter
-            if k == 0:
-                torch.index_select(states, 0, c, out=out).mul_(w)
-            else:
-                out.add_(torch.index_select(states, 0, c, out=buffer[: b - a]).mul_(w))
-            continue
-        term = torch.index_select(states, 0, c, out=buffer[: b - a]).mul_(w)
-        r = torch.from_numpy(rows[a:b] - r0).to(states.device)
+def _gossip_slot(states: torch.Tensor, plan: GossipPlan, k: int, weights: torch.Tensor, r0: int, r1: int,
+                 out: torch.Tensor, term: torch.Tensor) -> None:
+    """Slot ``k`` of rows ``r0..r1-1`` into ``out``: ``out[i] = w x_j`` for the first slot, else
+    ``out[i] += w x_j`` (the product rounded first, as in :func:`gossip_row`); ``term``: scratch rows.
+    ``weights``: the slot's weights in the states' dtype (rounded as ``torch.mul(x, float(w))`` rounds)."""
+    rows, cols, _ = plan.slots[k]
+    a, b = (int(i) for i in np.searchsorted(rows, (r0, r1)))
+    if a == b:
+        return
+    starts, ends = plan.runs[k]
+    gathered, at = [], a
+    for j in range(int(np.searchsorted(ends, a, side="right")), int(np.searchsorted(starts, b))):
+        s0, s1 = max(int(starts[j]), a), min(int(ends[j]), b)  # a run that overlaps [a, b): read in place
+        gathered.append((at, s0))
+        at = s1
+        x, i = states[int(cols[s0]) : int(cols[s0]) + s1 - s0], int(rows[s0])
         if k == 0:
-            out[r] = term
+            torch.mul(x, weights[s0:s1], out=out[i : i + s1 - s0])
         else:
-            out[r] += term
+            out[i : i + s1 - s0].add_(torch.mul(x, weights[s0:s1], out=term[: s1 - s0]))
+    gathered.append((at, b))
+    for g0, g1 in gathered:
+        if g0 >= g1:
+            continue
+        c = torch.from_numpy(cols[g0:g1]).to(states.device)
+        x = torch.index_select(states, 0, c, out=term[: g1 - g0])
+        r = rows[g0:g1]
+        target: torch.Tensor | slice = (slice(int(r[0]), int(r[-1]) + 1) if r[-1] - r[0] == g1 - g0 - 1
+                                        else torch.from_numpy(r).to(states.device))
+        if k == 0 and isinstance(target, slice):
+            torch.mul(x, weights[g0:g1], out=out[target])
+        elif k == 0:
+            out[target] = x.mul_(weights[g0:g1])
+        elif isinstance(target, slice):
+            out[target].add_(x.mul_(weights[g0:g1]))
+        else:
+            out[target] += x.mul_(weights[g0:g1])

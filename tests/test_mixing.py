@@ -235,8 +235,13 @@ def test_consensus_distance_in_blocks_is_the_one_piece_formula_to_the_bit(block:
     import dfl.mixing as mixing
 
     monkeypatch.setattr(mixing, "CONSENSUS_BLOCK_BYTES", block)
-    for n, p, seed in ((1, 5, 0), (4, 1000, 1), (37, 513, 2)):
+    for n, p, seed in ((1, 5, 0), (4, 1000, 1), (37, 513, 2), (200, 70, 3)):
         x = torch.randn(n, p, generator=torch.Generator().manual_seed(seed)) * 10.0 ** seed
         x64 = x.double()
-        reference = float(torch.linalg.vector_norm(x64 - x64.mean(dim=0, keepdim=True), dim=1).mean().item())
+        total = torch.zeros(p, dtype=torch.float64)
+        for r in range(0, n, mixing.CONSENSUS_ROWS):  # the definition: the sum of row-block sums
+            total += x64[r : r + mixing.CONSENSUS_ROWS].sum(dim=0)
+        reference = float(torch.linalg.vector_norm(x64 - total / n, dim=1).mean().item())
         assert mixing.consensus_distance(x) == reference
+        plain = float(torch.linalg.vector_norm(x64 - x64.mean(dim=0, keepdim=True), dim=1).mean().item())
+        assert mixing.consensus_distance(x) == pytest.approx(plain, rel=1e-12)

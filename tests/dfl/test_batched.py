@@ -12,6 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import pytest
 import torch
@@ -232,6 +233,22 @@ def test_gossip_stacked_in_small_row_blocks_is_still_bit_identical(monkeypatch: 
     assert torch.equal(gossip_stacked(x, ring), gossip(x, ring))
     W[[4, 11]] = 0.0  # rows without a weight stay 0
     assert torch.equal(gossip_stacked(x, W), gossip(x, W)) and not gossip_stacked(x, W)[4].any()
+
+
+def test_gossip_stacked_reads_runs_of_consecutive_neighbours_in_place_bit_identically(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dfl.mixing as mixing
+
+    torus = nx.convert_node_labels_to_integers(nx.grid_2d_graph(20, 20, periodic=True))
+    W = mixing.metropolis_hastings_matrix(nx.to_numpy_array(torus) > 0)
+    plan = GossipPlan(W)
+    assert sum(len(starts) for starts, _ in plan.runs) > 0  # the grid's rows are runs; their wrap-arounds are not
+    x = torch.randn(400, 37, generator=torch.Generator().manual_seed(3))
+    reference = gossip(x, W)
+    for block in (1 << 22, 37 * 4 * 7, 37 * 4):  # one block, blocks that cut the runs, one row per block
+        monkeypatch.setattr(mixing, "GOSSIP_BLOCK_BYTES", block)
+        assert torch.equal(gossip_stacked(x, plan), reference)
+        assert torch.equal(gossip_stacked(x, W[100:300]), reference[100:300])  # a shard's rows
 
 
 def test_attacks_observe_the_batched_federation() -> None:
