@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,10 +109,27 @@ def padded(rows: list[torch.Tensor]) -> torch.Tensor:
 def batch_plan(plans: list[list[torch.Tensor]], batch_size: int) -> torch.Tensor:
     """Each row's batches (lists of index vectors) as one ``(rows, most steps, batch_size)`` matrix, -1
     where a batch is short or a row has no batch at that step."""
-    out = torch.full((len(plans), max((len(p) for p in plans), default=0), batch_size), -1, dtype=torch.long)
-    for i, batches in enumerate(plans):
-        for s, b in enumerate(batches):
-            out[i, s, : len(b)] = b
+    return order_plan([torch.cat(p) if p else torch.zeros(0, dtype=torch.long) for p in plans],
+                      [[len(b) for b in p] for p in plans], batch_size)
+
+
+def order_plan(orders: list[torch.Tensor], lengths: list[list[int]], batch_size: int) -> torch.Tensor:
+    """:func:`batch_plan` of rows given as one index vector each, cut into batches of ``lengths``
+    (``dfl.federation.participant.local_order``): one scatter for all rows."""
+    steps = max((len(ls) for ls in lengths), default=0)
+    out = torch.full((len(orders), steps, batch_size), -1, dtype=torch.long)
+    flat = np.fromiter((v for ls in lengths for v in ls), dtype=np.int64)
+    if flat.sum() == 0:
+        return out
+    per_row = np.fromiter((len(ls) for ls in lengths), dtype=np.int64, count=len(lengths))
+    row = np.repeat(np.arange(len(lengths)), per_row)
+    step = np.arange(len(flat)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    start = (row * steps + step) * batch_size  # each batch's first position in the flat output
+    within = np.arange(flat.sum()) - np.repeat(np.cumsum(flat) - flat, flat)
+    values = torch.cat(orders).to(torch.long)
+    if len(values) != len(within):
+        raise ValueError(f"the orders hold {len(values)} indices, their batch lengths {len(within)}")
+    out.view(-1)[torch.from_numpy(np.repeat(start, flat) + within)] = values
     return out
 
 

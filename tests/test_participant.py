@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import math
+
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from dfl.config import TrainingConfig
-from dfl.federation.participant import Participant, Split, flatten_into_views
+from dfl.federation.participant import Participant, Split, flatten_into_views, local_batches
+from dfl.seeding import LOCAL_TRAIN, torch_generator
 
 
 def _bn_model() -> nn.Module:
@@ -96,3 +101,23 @@ def test_query_returns_probabilities():
     probs = p.query(torch.randn(5, 1, 4, 4))
     assert probs.shape == (5, 3)
     assert torch.allclose(probs.sum(1), torch.ones(5))
+
+
+def reference_batches(seed: int, node_id: int, round_idx: int, n: int, training: TrainingConfig) -> list[torch.Tensor]:
+    """local_batches as written first: a shuffled pass split into batches, per epoch, cut after local_steps."""
+    g, bs = torch_generator(seed, LOCAL_TRAIN, node_id, round_idx), training.batch_size
+    steps = training.local_steps
+    epochs = math.ceil(steps / math.ceil(n / bs)) if steps is not None else training.local_epochs or 1
+    out: list[torch.Tensor] = []
+    for _ in range(epochs):
+        out += list(torch.randperm(n, generator=g).split(bs))
+    return out[:steps] if steps is not None else out
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 70), bs=st.integers(1, 20), epochs=st.integers(1, 3), steps=st.none() | st.integers(1, 9),
+       node=st.integers(0, 50))
+def test_local_batches_are_the_shuffled_passes_split(n: int, bs: int, epochs: int, steps: int | None, node: int) -> None:
+    training = TrainingConfig(batch_size=bs, local_epochs=epochs, local_steps=steps)
+    got, want = local_batches(3, node, 2, n, training), reference_batches(3, node, 2, n, training)
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

@@ -53,20 +53,20 @@ from torch.func import functional_call, vmap
 from dfl.config import defended_nodes
 from dfl.defense import ShareDefense, TrainingDefense
 from dfl.federation.engine import Engine
-from dfl.federation.participant import local_batches
+from dfl.federation.participant import local_order
 from dfl.federation.population import Population
 from dfl.mixing import GossipPlan, gossip_stacked
 from dfl.registries import DEFENSES
-from dfl.seeding import TRAIN_DEFENSE, torch_generator
+from dfl.seeding import LOCAL_TRAIN, TRAIN_DEFENSE, derive_seeds, torch_generator
 from dfl.stacked import (
     Layout,
     Optimizer,
     Trainer,
     activation_numel,
-    batch_plan,
     chunk_size,
     cross_entropy,
     masked_mean,
+    order_plan,
     padded,
     param_groups,
     vmap_pays,
@@ -198,9 +198,10 @@ class BatchedEngine(Engine):
     def train(self, round_idx: int) -> list[dict[str, float]]:
         if self.training.reset_optimizer:
             self.opt.reset()
-        plans = [local_batches(self.cfg.seed, g, round_idx, self.train_counts[j], self.training)
-                 for j, g in enumerate(self.ids)]
-        steps = [len(b) for b in plans]
+        seeds = derive_seeds(self.cfg.seed, LOCAL_TRAIN, np.asarray(self.ids, dtype=np.int64), round_idx)
+        drawn = [local_order(s, n, self.training) for s, n in zip(seeds, self.train_counts, strict=True)]
+        orders, lengths = [o for o, _ in drawn], [ls for _, ls in drawn]  # each node's local_batches, cut
+        steps = [len(b) for b in lengths]
         # Train a copy: the states mix() returned stay as they were this round (observers read them as the
         # round's start states). Two buffers take turns: mix() writes into the one training did not use.
         if self._spare is None or self._spare.shape != self.flat.shape:
@@ -216,7 +217,8 @@ class BatchedEngine(Engine):
         drawer = _Draws(self, round_idx, draws, streams, steps)
         for lo in range(0, self.n, self.chunk):
             hi = min(lo + self.chunk, self.n)
-            losses[lo:hi] = self._train_chunk(new, lo, hi, batch_plan(plans[lo:hi], self.training.batch_size), drawer)
+            plan = order_plan(orders[lo:hi], lengths[lo:hi], self.training.batch_size)
+            losses[lo:hi] = self._train_chunk(new, lo, hi, plan, drawer)
         for i, defenses in self.share_defenses.items():
             update = new[i] - start[i]
             for d in defenses:

@@ -20,7 +20,7 @@ from torch import nn
 from dfl.config import TrainingConfig
 from dfl.defense import defended_query
 from dfl.mixing import gossip_row
-from dfl.seeding import LOCAL_TRAIN, QUERY, TRAIN_DEFENSE, torch_generator
+from dfl.seeding import LOCAL_TRAIN, QUERY, TRAIN_DEFENSE, derive_seed, torch_generator
 
 
 @dataclass
@@ -74,18 +74,29 @@ def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
 def local_batches(seed: int, node_id: int, round_idx: int, n: int, training: TrainingConfig) -> list[torch.Tensor]:
     """Index batches into node ``node_id``'s ``n`` training samples for round ``round_idx``:
     ``local_steps`` batches, or ``local_epochs`` shuffled passes (a pure function of its arguments)."""
+    order, lengths = local_order(derive_seed(seed, LOCAL_TRAIN, node_id, round_idx), n, training)
+    return list(order.split(lengths))
+
+
+def local_order(stream: int, n: int, training: TrainingConfig) -> tuple[torch.Tensor, list[int]]:
+    """:func:`local_batches` as one index vector and the batches' lengths, from the node's derived seed
+    ``stream`` (``derive_seed(seed, LOCAL_TRAIN, node_id, round_idx)``; a batched engine derives every
+    node's at once with :func:`dfl.seeding.derive_seeds`). Each epoch is one ``randperm`` cut into
+    batches, the last one short; ``local_steps`` cuts the concatenation after that many batches."""
     bs = training.batch_size
-    g = torch_generator(seed, LOCAL_TRAIN, node_id, round_idx)
+    g = torch.Generator()
+    g.manual_seed(stream)
     if training.local_steps is not None:
         steps: int | None = training.local_steps
         epochs = math.ceil(training.local_steps / math.ceil(n / bs))
     else:
         steps = None
         epochs = training.local_epochs or 1
-    out: list[torch.Tensor] = []
-    for _ in range(epochs):
-        out += list(torch.randperm(n, generator=g).split(bs))
-    return out[:steps] if steps is not None else out
+    epoch = [bs] * (n // bs) + ([n % bs] if n % bs or n == 0 else [])  # randperm(0).split: one empty batch
+    lengths = (epoch * epochs)[:steps] if steps is not None else epoch * epochs
+    perms = [torch.randperm(n, generator=g) for _ in range(epochs)]
+    order = perms[0] if epochs == 1 else torch.cat(perms)
+    return order[: sum(lengths)], lengths
 
 
 class Participant:

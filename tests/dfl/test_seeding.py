@@ -5,6 +5,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import dfl.seeding as seeding
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,3 +44,24 @@ def test_no_module_defines_a_tag_of_its_own() -> None:
                     used = {a.id for a in node.args if isinstance(a, ast.Name)}
                     offenders += [f"{f.relative_to(ROOT)}: {name}" for name in used & consts]
     assert offenders == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), tags=st.lists(st.integers(0, 2**32 - 1), max_size=6),
+       column=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=5), at=st.integers(0, 6))
+def test_derive_seeds_is_derive_seed_for_every_path(seed: int, tags: list[int], column: list[int], at: int) -> None:
+    """The vectorised SeedSequence against numpy's, with the varying tag at any position and paths shorter
+    and longer than the 4-word pool."""
+    at = min(at, len(tags))
+    paths = [[*tags[:at], c, *tags[at:]] for c in column]
+    assert seeding.derive_seeds(seed, *tags[:at], np.array(column, dtype=np.int64), *tags[at:]) == [
+        seeding.derive_seed(seed, *p) for p in paths]
+    assert seeding.derive_seeds(seed, *tags) == [seeding.derive_seed(seed, *tags)]
+
+
+def test_derive_seeds_takes_numpy_itself_beyond_32_bits() -> None:
+    big = [2**32, 2**40 + 3]
+    assert seeding.derive_seeds(2**33, 1, np.array([0, 5])) == [seeding.derive_seed(2**33, 1, v) for v in (0, 5)]
+    assert seeding.derive_seeds(0, np.array(big, dtype=np.uint64)) == [seeding.derive_seed(0, v) for v in big]
+    with pytest.raises(ValueError, match="one length"):
+        seeding.derive_seeds(0, np.arange(2), np.arange(3))

@@ -17,6 +17,7 @@ from dfl.stacked import (
     batch_plan,
     chunk_size,
     cross_entropy,
+    order_plan,
     vmap_pays,
 )
 
@@ -24,6 +25,21 @@ from dfl.stacked import (
 def model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+
+
+def test_order_plan_places_every_batch_as_the_loop_does() -> None:
+    g = torch.Generator().manual_seed(0)
+    lengths = [[4, 4, 1], [3], [], [4, 2, 4, 2], [0]]
+    orders = [torch.randperm(sum(ls), generator=g) for ls in lengths]
+    want = torch.full((5, 4, 4), -1, dtype=torch.long)
+    for i, (order, ls) in enumerate(zip(orders, lengths, strict=True)):
+        for s, batch in enumerate(order.split(ls) if ls else []):
+            want[i, s, : len(batch)] = batch
+    assert torch.equal(order_plan(orders, lengths, 4), want)
+    assert torch.equal(batch_plan([list(o.split(ls)) if ls else [] for o, ls in zip(orders, lengths, strict=True)], 4),
+                       want)
+    with pytest.raises(ValueError, match="hold 2 indices"):
+        order_plan([torch.arange(2)], [[3]], 4)
 
 
 def test_activation_numel_counts_every_leaf_output() -> None:
