@@ -94,8 +94,7 @@ class DPSGD(TrainingDefense):
     def __init__(self, params: BaseModel, ctx: DefenseContext) -> None:
         super().__init__(params, ctx)
         self._hooks: Any = None
-        self._steps = 0
-        self._sample_rate = 0.0
+        self._steps = self._batch_size = self._num_samples = 0
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, round_idx: int, steps: int,
              batch_size: int, num_samples: int) -> torch.optim.Optimizer:
@@ -106,7 +105,7 @@ class DPSGD(TrainingDefense):
         if errors:
             raise ConfigError(errors)
         expected = min(batch_size, num_samples)
-        self._steps, self._sample_rate = steps, expected / max(num_samples, 1)
+        self._steps, self._batch_size, self._num_samples = steps, batch_size, num_samples
         # torch warns that the first layer's input needs no gradient: the normal case under these hooks
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
                                 "respect to module outputs since no inputs require gradients", category=UserWarning)
@@ -123,8 +122,15 @@ class DPSGD(TrainingDefense):
         for p in model.parameters():
             if hasattr(p, "summed_grad"):
                 del p.summed_grad
-        sigma, delta = self.params.noise_multiplier, self.params.delta
-        return {"dp_epsilon": epsilon(sigma, self._sample_rate, (round_idx + 1) * self._steps, delta)}
+        eps, _ = self.privacy_spent(round_idx + 1, self._steps, self._batch_size, self._num_samples)
+        return {"dp_epsilon": eps}
+
+    def privacy_spent(self, rounds: int, steps: int, batch_size: int, num_samples: int) -> tuple[float, float]:
+        """Opacus's RDP epsilon at ``delta`` for every local step of ``rounds`` rounds, at sample rate
+        ``min(batch_size, num_samples) / num_samples``."""
+        rate = min(batch_size, num_samples) / max(num_samples, 1)
+        delta = self.params.delta
+        return epsilon(self.params.noise_multiplier, rate, rounds * steps, delta), delta
 
     @classmethod
     def config_errors(cls, cfg: ExperimentConfig, index: int) -> list[tuple[str, str]]:

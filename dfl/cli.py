@@ -316,6 +316,15 @@ def _summary_table(console: Console, summary: dict[str, Any]) -> None:
             t.add_row(a, *[f"{mia[f'{a}_{m}']:.3f}" if f"{a}_{m}" in mia else "-"
                            for m in ("auc", "accuracy", "tpr_at_1_fpr", "advantage", "victim_gap")])
         Console().print(t)
+    audit = summary.get("dp_audit")
+    if audit:
+        line = (f"DP audit (round {audit['round']}): accountant epsilon {audit['mean_epsilon']:.3f} (mean over "
+                f"DP nodes), empirical lower bound {audit['mean_epsilon_lower']:.3f} (largest "
+                f"{audit['max_epsilon_lower']:.3f})")
+        Console().print(line, highlight=False)
+        if audit["violations"]:
+            Console(stderr=True).print(f"[bold red]DP AUDIT VIOLATION[/]: in {audit['violations']} of {audit['audits']} "
+                                       "audits the lower bound exceeds the accountant's epsilon; see report.md")
     if "generalization_gap" in final:
         Console().print(f"generalisation gap {final['generalization_gap']:.4f}, "
                         f"consensus distance {final.get('consensus_distance', float('nan')):.4g}", highlight=False)

@@ -79,11 +79,18 @@ class AttackSpec(Strict):
     every: int | None = Field(None, gt=0, description="attack every k rounds (instead of rounds)")
     targets: Literal["neighbours"] | list[int] = Field("neighbours", description="victims: neighbours or node ids")
     samples: int = Field(500, gt=0, description="members scored per victim (as many non-members)")
+    view: Literal["received", "own", "isolated"] = Field(
+        "received", description="access: params, which model is scored: received (the state the victim shared), "
+        "own (the attacker's model after it aggregated), isolated (the victim's contribution isolated with the "
+        "public mixing weights, Pasquini et al. 2023)")
 
     @model_validator(mode="after")
     def _one_schedule(self) -> AttackSpec:
         if self.rounds is not None and self.every is not None:
             raise ValueError("give either rounds or every, not both")
+        if self.view != "received" and self.access != "params":
+            raise ValueError(f"view {self.view} scores a model state, which needs access: params (got access: "
+                             f"{self.access}); set access: params or drop view")
         return self
 
 

@@ -153,6 +153,12 @@ class TrainingDefense:
         """Undo :meth:`wrap` once the round's steps are done; returns stats for the node's training record."""
         return {}
 
+    def privacy_spent(self, rounds: int, steps: int, batch_size: int, num_samples: int) -> tuple[float, float] | None:
+        """``(epsilon, delta)`` of a node's training after ``rounds`` rounds of ``steps`` local steps (batches
+        of ``batch_size`` out of ``num_samples``), for a defense with a differential-privacy accountant;
+        ``None`` for the others. The DP audit of the membership attacks compares with it."""
+        return None
+
 
 class ShareDefense:
     """A share-time defense: rewrites a node's update before its neighbours see the state.

@@ -3,8 +3,8 @@
 A run directory's ``metrics.jsonl`` holds one JSON object per line. Every record has ``round`` (1-based),
 ``node`` (the node it is about, or ``null`` for the whole federation) and ``kind``; non-finite numbers
 are written as ``null`` and read back as NaN (:meth:`dfl.rundir.RunDir.records`). Within a round the
-records come in a fixed order: ``train`` per node, then what the observers add (``mia``, ``inversion``,
-``defense``), then ``eval`` per node in evaluation rounds, then the ``round`` summary
+records come in a fixed order: ``train`` per node, then what the observers add (``mia``, ``dp_audit``,
+``inversion``, ``defense``), then ``eval`` per node in evaluation rounds, then the ``round`` summary
 (:meth:`dfl.federation.rounds.Federation.run_round`, the one record builder). A ``fault`` record
 marks a recovery.
 
@@ -17,7 +17,9 @@ Keys beyond ``round``, ``node`` and ``kind``, by kind:
     ``{split}_acc`` and ``{split}_loss`` for each split of ``eval.splits`` (train, holdout, test).
 ``round``
     ``edges`` (live edges of the round's graph), ``train_loss`` (mean over nodes), ``consensus_distance``
-    (mean distance of the nodes' states to their average after mixing) and, in evaluation rounds,
+    (mean distance of the nodes' states to their average after mixing), ``spectral_gap`` of the round's
+    mixing matrix (``1 - |lambda_2|``, 6 significant digits; ``null`` above 1,000 nodes:
+    :mod:`dfl.metrics.graph`) and, in evaluation rounds,
     ``mean_{split}_acc`` / ``mean_{split}_loss`` over nodes.
 ``mia``
     ``node`` is the victim. ``attacker``, ``attack``, ``access`` (query or params), ``members`` and
@@ -33,14 +35,27 @@ Keys beyond ``round``, ``node`` and ``kind``, by kind:
     ``baseline_accuracy`` / ``baseline_f1``; for calibrated attacks their own ``accuracy``,
     ``precision``, ``recall``, ``f1`` (and ``threshold`` where there is one); the victim's
     ``victim_train_acc``, ``victim_holdout_acc``, ``victim_gap`` and the accuracy of its answers on
-    members and non-members (``answered_member_acc``, ``answered_non_member_acc``).
+    members and non-members (``answered_member_acc``, ``answered_non_member_acc``); ``view`` (with
+    ``access: params``: ``received``, ``own`` or ``isolated``, :func:`dfl.adversary.membership.view_state`;
+    ``null`` for ``query``); the graph context (:mod:`dfl.metrics.graph`): ``hops`` between attacker
+    and victim and each one's ``degree``, ``betweenness`` and ``closeness`` (``attacker_degree``, ...,
+    ``victim_closeness``; ``betweenness_pivots`` where betweenness is estimated); for a victim that
+    runs ``dp_sgd``, the DP audit (:mod:`dfl.metrics.audit`): the accountant's ``dp_epsilon`` and
+    ``dp_delta`` after this round, ``epsilon_lower`` (the empirical 95 % lower bound from these scores),
+    ``audit_threshold``, ``fpr_upper``, ``fnr_upper`` and ``audit_samples``.
+``dp_audit``
+    ``node`` is a victim that runs ``dp_sgd``, one record per round it was attacked: ``epsilon`` and
+    ``delta`` (its accountant's), ``epsilon_lower`` (the largest bound of the round's membership
+    attacks on it), the ``attack``, ``attacker``, ``access`` and ``view`` that gave it,
+    ``attacks_audited``, and ``violation`` (``epsilon_lower > epsilon``: a bug, which the report names).
 ``inversion``
     ``node`` is the victim. ``attacker``, ``attack``, ``knowledge`` (exact or observed start state),
     ``update``, ``local_steps``, ``batch_size``, ``images_trained_on``; the reconstruction's ``mse``,
     ``psnr``, ``ssim`` (after :func:`dfl.metrics.images.pair`), ``label_acc``, ``recognisability`` (the
     reference classifier's accuracy on it, beside its ``reference_test_acc``), ``start_error``,
     ``final_mismatch``, ``iterations`` and ``seconds`` (wall time: the one field that is not a
-    function of config and seed); ``grid`` names its image file when plots are on.
+    function of config and seed); ``grid`` names its image file when plots are on; the graph context
+    as for ``mia``.
 ``defense``
     What a defense reports while it works: ``defense`` (its registered name) and the defense's own
     keys (MemGuard's refits, AugMixCloak's tuned ``intensity`` and ``alpha``, ...).
@@ -55,6 +70,7 @@ from typing import Any
 Record = dict[str, Any]
 
 TRAIN, EVAL, ROUND, MIA, INVERSION, DEFENSE, FAULT = "train", "eval", "round", "mia", "inversion", "defense", "fault"
+DP_AUDIT = "dp_audit"
 
 COMMON = ("round", "node", "kind")
 
@@ -62,12 +78,13 @@ COMMON = ("round", "node", "kind")
 REQUIRED: dict[str, tuple[str, ...]] = {
     TRAIN: ("loss", "steps"),
     EVAL: (),
-    ROUND: ("edges", "train_loss", "consensus_distance"),
+    ROUND: ("edges", "train_loss", "consensus_distance", "spectral_gap"),
     MIA: ("attacker", "attack", "access", "members", "non_members", "auc", "tpr_at_1_fpr", "tpr_at_0.1_fpr",
           "tpr_at_0.01_fpr", "fpr_floor", "reference_models", "reference_mode", "advantage", "roc_tpr", "oracle_accuracy", "baseline_accuracy", "victim_train_acc", "victim_holdout_acc",
-          "victim_gap"),
+          "victim_gap", "view", "hops", "attacker_degree", "victim_degree"),
+    DP_AUDIT: ("epsilon", "delta", "epsilon_lower", "attack", "attacker", "violation"),
     INVERSION: ("attacker", "attack", "knowledge", "batch_size", "mse", "psnr", "ssim", "label_acc",
-                "recognisability", "iterations", "seconds"),
+                "recognisability", "iterations", "seconds", "hops", "attacker_degree", "victim_degree"),
     DEFENSE: ("defense",),
     FAULT: ("nodes", "error", "resumed_from_round"),
 }

@@ -54,6 +54,7 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
     return {
         "mia": mia_summary(records),
         "inversion": inversion_summary(records),
+        **dp_audit_summary(records),
         "name": cfg.name,
         "seed": cfg.seed,
         "rounds": cfg.rounds,
@@ -72,19 +73,35 @@ MIA_KEYS = ("auc", "accuracy", "f1", "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fp
 
 
 def mia_summary(records: list[Record]) -> dict[str, float]:
-    """Per attack (and access), the mean over attacker-victim pairs at its last attacked round: ``{attack}_{metric}``."""
+    """Per attack (access and view), the mean over attacker-victim pairs at its last attacked round:
+    ``{attack}_{metric}`` (query), ``{attack}_params_{metric}`` (the received state),
+    ``{attack}_params_{view}_{metric}`` (``own``, ``isolated``)."""
     mia = [r for r in records if r["kind"] == "mia"]
     out: dict[str, float] = {}
-    for name in sorted({(r["attack"], r["access"]) for r in mia}):
-        rows = [r for r in mia if (r["attack"], r["access"]) == name]
+    for name in sorted({(r["attack"], r["access"], r.get("view") or "received") for r in mia}):
+        rows = [r for r in mia if (r["attack"], r["access"], r.get("view") or "received") == name]
         last = max(r["round"] for r in rows)
         rows = [r for r in rows if r["round"] == last]
-        label = name[0] if name[1] == "query" else f"{name[0]}_params"
+        label = name[0] if name[1] == "query" else f"{name[0]}_params" + ("" if name[2] == "received" else f"_{name[2]}")
         for k in MIA_KEYS:
             vals = [r[k] for r in rows if r.get(k) is not None]  # None: an FPR the set cannot resolve
             if vals:
                 out[f"{label}_{k}"] = float(np.mean(vals))
     return out
+
+
+def dp_audit_summary(records: list[Record]) -> dict[str, Any]:
+    """``{"dp_audit": ...}`` with ``dp_audit`` records: how many, how many violations, and at the last
+    audited round the mean accountant epsilon and mean and largest lower bound; ``{}`` without."""
+    audits = [r for r in records if r["kind"] == "dp_audit"]
+    if not audits:
+        return {}
+    last = max(r["round"] for r in audits)
+    final = [r for r in audits if r["round"] == last]
+    return {"dp_audit": {"audits": len(audits), "violations": sum(bool(r["violation"]) for r in audits),
+                         "round": last, "mean_epsilon": float(np.mean([r["epsilon"] for r in final])),
+                         "mean_epsilon_lower": float(np.mean([r["epsilon_lower"] for r in final])),
+                         "max_epsilon_lower": float(max(r["epsilon_lower"] for r in final))}}
 
 
 INVERSION_KEYS = ("psnr", "ssim", "mse", "label_acc", "recognisability", "start_error", "seconds")
@@ -128,6 +145,9 @@ def write_tables(out: Path, records: list[Record], summary: dict[str, Any], hist
     inversion = [{k: v for k, v in r.items() if k != "kind"} for r in records if r["kind"] == "inversion"]
     if inversion:
         _write_csv(tables / "inversion.csv", inversion)
+    audits = [{k: v for k, v in r.items() if k != "kind"} for r in records if r["kind"] == "dp_audit"]
+    if audits:
+        _write_csv(tables / "dp_audit.csv", audits)
     _write_csv(tables / "label_histogram.csv",
                [{"node": i, **{c: int(v) for c, v in zip(classes, row, strict=True)}} for i, row in enumerate(histograms)])
 
@@ -274,7 +294,8 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
         lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in per]
     mia = summary.get("mia_rows", [])
     if mia:
-        cols = ["round", "attacker", "node", "attack", "access", "members", "auc", "accuracy", "oracle_accuracy", "f1",
+        cols = ["round", "attacker", "node", "attack", "access", "view", "hops", "members", "auc", "accuracy",
+                "oracle_accuracy", "f1",
                 "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "victim_train_acc",
                 "victim_holdout_acc", "victim_gap"]
         lines += ["", "## Membership inference", "",
@@ -285,6 +306,7 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
                   "1 / rate of them: 1,000 for 0.1%, 10,000 for 0.01%).", "",
                   "| " + " | ".join(c.replace("victim_", "") for c in cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in mia]
+    lines += dp_audit_lines(summary.get("dp_audit_rows", []))
     inv = summary.get("inversion_rows", [])
     if inv:
         cols = ["round", "attacker", "node", "attack", "knowledge", "update", "local_steps", "batch_size", "psnr",
@@ -308,6 +330,29 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
     (out / "report.md").write_text("\n".join(lines))
 
 
+def dp_audit_lines(audits: list[Record]) -> list[str]:
+    """The report's DP audit section (none without ``dp_audit`` records); a violation leads it, loudly."""
+    if not audits:
+        return []
+    bad = [r for r in audits if r["violation"]]
+    lines = ["", "## DP audit", ""]
+    if bad:
+        lines += [f"**VIOLATION: in {len(bad)} of {len(audits)} audits the empirical lower bound exceeds the "
+                  "accountant's epsilon** (nodes " + ", ".join(sorted({str(r["node"]) for r in bad})) + "). "
+                  "A sound DP-SGD cannot be beaten like this: check the accounting (sampling, steps, delta) and "
+                  "the training.", ""]
+    lines += ["Per DP-trained victim and attacked round: the accountant's epsilon (Opacus, RDP) beside the largest "
+              "empirical lower bound of the membership attacks on it (95 % Clopper-Pearson, threshold chosen on "
+              "half of the samples: `dfl.metrics.audit`). A loose bound says the attacks are weak, not that "
+              "the model is private.", "",
+              "| round | node | epsilon | delta | epsilon_lower | attack | view | violation |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['round']} | {r['node']} | {_fmt(r['epsilon'])} | {r['delta']:g} | {_fmt(r['epsilon_lower'])} | "
+              f"{r['attack']} ({r['access']}) | {_fmt(r.get('view'))} | {'**yes**' if r['violation'] else 'no'} |"
+              for r in audits]
+    return lines
+
+
 def write_outputs(out: Path, cfg: ExperimentConfig, records: list[Record], counts: np.ndarray,
                   histograms: np.ndarray, classes: list[str], graph: nx.Graph, extra: dict[str, Any]) -> dict[str, Any]:
     """Write every output of a finished run; return the summary.
@@ -322,7 +367,8 @@ def write_outputs(out: Path, cfg: ExperimentConfig, records: list[Record], count
     plots = write_plots(out, cfg, records, graph) if cfg.output.plots else []
     mia_rows = [r for r in records if r["kind"] == "mia"]
     inv_rows = [r for r in records if r["kind"] == "inversion"]
-    write_report(out, cfg, {**summary, "mia_rows": mia_rows[-200:], "inversion_rows": inv_rows[-200:]}, plots,
-                 histograms, classes)
+    audits = [r for r in records if r["kind"] == "dp_audit"]
+    write_report(out, cfg, {**summary, "mia_rows": mia_rows[-200:], "inversion_rows": inv_rows[-200:],
+                            "dp_audit_rows": audits[-200:]}, plots, histograms, classes)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -63,7 +63,8 @@ def _nan_for_null(record: dict[str, Any]) -> dict[str, Any]:
     return {k: (math.nan if v is None and k not in NULL_FIELDS else v) for k, v in record.items()}
 
 
-NULL_FIELDS = frozenset({"node", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "reference_mode"})
+NULL_FIELDS = frozenset({"node", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "reference_mode", "spectral_gap",
+                         "hops", "epsilon_lower", "audit_threshold", "fpr_upper", "fnr_upper"})
 
 
 def package_versions() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,13 @@ def test_compare_table_has_attack_metrics(tiny, write_cfg, tmp_path):
     res = api.compare(write_cfg(tiny), ["topology.name=ring,fully_connected"], out_dir=tmp_path / "cmp")
     assert all("mia_loss_auc" in row and "mia_loss_victim_gap" in row for row in res.rows)
     assert "mia_loss_auc" in (res.out_dir / "comparison.md").read_text()
+    # every membership record beside its graph context, and AUC plotted against hop distance and degree
+    with open(res.out_dir / "attack_context.csv") as f:
+        context = list(csv.DictReader(f))
+    assert len(context) == 2 + 3  # the ring's attacker hits 2 neighbours, the complete graph's 3
+    assert sorted((row["cell"], row["victim_degree"], row["hops"]) for row in context) == [
+        ("topology.name=fully_connected", "3", "1")] * 3 + [("topology.name=ring", "2", "1")] * 2
+    assert (res.out_dir / "plots/auc_vs_hops.png").is_file() and (res.out_dir / "plots/auc_vs_degree.png").is_file()
 
 
 def test_null_test_on_a_trained_model():

@@ -40,6 +40,7 @@ from dfl.attack import InversionAttack, round_targets, scheduled
 from dfl.config import AttackSpec, ExperimentConfig
 from dfl.federation.participant import flatten_into_views, load_flat, local_batches
 from dfl.federation.population import Population
+from dfl.metrics.graph import GraphContext
 from dfl.metrics.images import mse, pair, psnr, ssim, to_pixels
 from dfl.registries import ATTACKS
 from dfl.seeding import INVERSION, derive_seed
@@ -86,10 +87,12 @@ class Inverter:
         todo = [(i, spec, atk) for i, spec, atk in self.attacks if scheduled(spec, r, self.cfg.rounds)]
         if todo and self.attackers:
             shared_cpu, starts_cpu = shared.detach().cpu(), starts.detach().cpu()
+            context = GraphContext(graph, seed=self.cfg.seed)
             for a in self.attackers:
                 for i, spec, attack in todo:
                     for v in round_targets(spec, a, graph, self.attackers):
-                        records.append(self._attack_one(i, spec, attack, a, v, round_idx, shared_cpu, starts_cpu))
+                        record = self._attack_one(i, spec, attack, a, v, round_idx, shared_cpu, starts_cpu)
+                        records.append({**record, **context.pair(a, v)})
         self._previous = (graph, shared.detach().cpu().clone()) if self.attacks else None
         return records
 

@@ -23,12 +23,16 @@ from torch import nn
 
 from dfl.attack import AdversaryView, Labelled, MembershipAttack, probabilities, round_targets, scheduled
 from dfl.config import AttackSpec, ExperimentConfig
-from dfl.defense import defended_query
-from dfl.federation.participant import flatten_into_views, load_flat
+from dfl.defense import TrainingDefense, defended_query
+from dfl.federation.participant import flatten_into_views, load_flat, local_lengths
 from dfl.federation.population import Population
+from dfl.metrics.audit import epsilon_lower_bound
+from dfl.metrics.graph import GraphContext
 from dfl.metrics.membership import ROC_POINTS, mia_metrics
+from dfl.mixing import gossip_row
 from dfl.registries import ATTACKS
-from dfl.seeding import MIA_SAMPLE, QUERY, torch_generator
+from dfl.seeding import DP_AUDIT, MIA_SAMPLE, QUERY, derive_seed, torch_generator
+from dfl.topology import build_mixing
 
 Record = dict[str, Any]
 
@@ -53,6 +57,37 @@ def _query_api(victim_model: Any, j: int, chain: list[Any], g: torch.Generator) 
         return defended_query(victim_model(j), x, chain, g)
 
     return query
+
+
+def view_state(view: str, a: int, v: int, shared: torch.Tensor, W: np.ndarray) -> torch.Tensor:
+    """The state attacker ``a`` scores under ``view`` (``own`` or ``isolated``) for victim ``v``.
+
+    ``own``: the attacker's model after it aggregated this round, ``y_a = sum_j W_aj x_j`` over its row of
+    the mixing matrix (the gossip's own arithmetic, so it is the attacker's next start state to the bit).
+
+    ``isolated``: the victim's contribution, isolated as Pasquini et al. ("On the (in)security of
+    peer-to-peer decentralized machine learning", S&P 2023; ``attacker.py`` of their code) do:
+
+        x~_v = (x_v - sum_{j != v} W_aj x_j) / W_av
+
+    over the attacker's row (its neighbours and itself; in float64). With their uniform weights ``1/n``
+    this is their ``n x_v - sum_{j != v} x_j``, i.e. ``y_a + (n + 1)(x_v - y_a)``. Assumptions: the
+    mixing weights are public, and the victim's message is modelled as an aggregate over the same
+    neighbourhood with the attacker's weights, its own model in its slot. Where that holds (every node
+    aggregating the same messages with the same weights: a complete graph with uniform weights) the
+    estimator recovers the victim's own model exactly; elsewhere it amplifies the victim's deviation
+    from the attacker's aggregate, which is where its training data shows.
+    """
+    cols = np.flatnonzero(W[a])
+    if view == "own":
+        return gossip_row(shared[cols], W[a, cols])
+    if view != "isolated":
+        raise ValueError(f"unknown view {view!r}")
+    rest = torch.zeros(shared.shape[1], dtype=torch.float64)
+    for j in cols:
+        if j != v:
+            rest += float(W[a, j]) * shared[j].double()
+    return ((shared[v].double() - rest) / float(W[a, v])).float()
 
 
 def _budget(attack: MembershipAttack, info: dict[str, Any]) -> Record:
@@ -90,6 +125,7 @@ class Adversary:
         wanted = cfg.output.signals
         on = wanted is True or (wanted == "auto" and self.signal_bytes() <= SIGNALS_AUTO_BYTES)
         self.signals = signals if on else None
+        self._accountants: dict[int, TrainingDefense | None] = {}
 
     def signal_bytes(self) -> int:
         """At most the bytes the per-sample exports of this config take: every membership attack's scheduled
@@ -136,15 +172,23 @@ class Adversary:
             return victim_models[v]
 
         queried = {t for spec, _ in todo if spec.access == "query" and spec.targets != "neighbours" for t in spec.targets}
+        context = GraphContext(graph, seed=self.cfg.seed)
+        W = (build_mixing(self.cfg, graph, self.population.sample_counts())
+             if any(spec.view != "received" for spec, _ in todo) else None)
         for a in self.attackers:
             view = self._view(a, r, graph, shared, victim_model, queried)
             for spec, attack in todo:
                 targets = round_targets(spec, a, graph, self.attackers)
+                if spec.view == "isolated":  # a victim without weight in the attacker's aggregate cannot be isolated
+                    targets = [v for v in targets if W is not None and W[a, v] > 0]
                 if not targets:
                     continue
                 attack.prepare(view)
                 for v in targets:
-                    records.append(self._attack_one(view, spec, attack, a, v, r, victim_model(v)))
+                    scored = None if spec.view == "received" else self._model(view_state(spec.view, a, v, shared, W))
+                    record = self._attack_one(view, spec, attack, a, v, r, victim_model(v), scored)
+                    records.append({**record, **context.pair(a, v)})
+        records += self._dp_audits(records, r)
         for j, chain in self._chains.items():  # what the victims' defenses reported while answering
             for i, d in enumerate(chain):
                 records += [{"round": r, "node": j, "kind": "defense", "defense": d.name or type(d).__name__,
@@ -184,7 +228,10 @@ class Adversary:
         return members, np.sort(rng.choice(splits.test, k, replace=False)), True
 
     def _attack_one(self, view: AdversaryView, spec: AttackSpec, attack: MembershipAttack, a: int, v: int, r: int,
-                    model: nn.Module) -> Record:
+                    model: nn.Module, scored: nn.Module | None = None) -> Record:
+        """One record of ``attack`` by ``a`` on ``v``; ``model``: the victim's (shared) model, on which the
+        victim's accuracies are measured; ``scored``: the model the attack scores with ``access: params``
+        when the spec's view is not the received state."""
         pop = self.population
         members, non_members, from_test = self.evaluation_set(a, v, spec.samples, r)
         ins = pop.train_pool(members)
@@ -192,7 +239,11 @@ class Adversary:
                 else pop.train_pool(non_members))
         data = Labelled(torch.cat([ins.x, outs.x]), torch.cat([ins.y, outs.y]))
         truth = np.r_[np.ones(len(members), bool), np.zeros(len(non_members), bool)]
-        outputs = view.query[v] if spec.access == "query" else (lambda x: probabilities(view.victim_model(v), x))
+        if spec.access == "query":
+            outputs = view.query[v]
+        else:
+            target = view.victim_model(v) if scored is None else scored
+            outputs = lambda x: probabilities(target, x)  # noqa: E731
         result = attack.score(view, outputs, data)
         metrics = mia_metrics(result.scores, truth, result.predicted)
         p = probabilities(model, data.x)
@@ -209,6 +260,7 @@ class Adversary:
             exported["signals"] = self._export(spec, a, v, r, members, non_members, from_test, data, truth, result)
         return {
             "round": r, "node": v, "kind": "mia", "attacker": a, "attack": spec.name, "access": spec.access,
+            "view": spec.view if spec.access == "params" else None,
             **metrics,
             "victim_train_acc": train_acc, "victim_holdout_acc": holdout_acc, "victim_gap": train_acc - holdout_acc,
             "answered_member_acc": float(answered[truth].mean()),
@@ -217,8 +269,48 @@ class Adversary:
             "roc_tpr": [round(float(np.interp(x, fpr, tpr)), 5) for x in ROC_POINTS],
             **({"threshold": result.info["threshold"]} if "threshold" in result.info else {}),
             **_budget(attack, result.info),
+            **self._audit(spec, a, v, r, result.scores, truth),
             **exported,
         }
+
+    def _accountant(self, v: int) -> TrainingDefense | None:
+        """Node ``v``'s training-time defense with a privacy accountant (``dp_sgd``), if it runs one."""
+        if v not in self._accountants:
+            self._accountants[v] = next((d for d in self.population.defenses(v, TrainingDefense)
+                                         if type(d).privacy_spent is not TrainingDefense.privacy_spent), None)
+        return self._accountants[v]
+
+    def _audit(self, spec: AttackSpec, a: int, v: int, r: int, scores: np.ndarray, truth: np.ndarray) -> Record:
+        """For a victim with a DP accountant: its ``(dp_epsilon, dp_delta)`` after round ``r`` and the
+        empirical lower bound from these scores (:func:`dfl.metrics.audit.epsilon_lower_bound`)."""
+        accountant = self._accountant(v)
+        if accountant is None:
+            return {}
+        n, t = len(self.population.splits.nodes[v].train), self.cfg.training
+        spent = accountant.privacy_spent(r, len(local_lengths(n, t)), t.batch_size, n)
+        assert spent is not None
+        index = next(i for i, other in enumerate(self.cfg.attacks) if other is spec)
+        audit = epsilon_lower_bound(scores, truth, spent[1], derive_seed(self.cfg.seed, DP_AUDIT, r, a, v, index))
+        return {"dp_epsilon": spent[0], "dp_delta": spent[1], **audit}
+
+    @staticmethod
+    def _dp_audits(records: list[Record], r: int) -> list[Record]:
+        """Per victim with a DP accountant, one ``kind: dp_audit`` record: the best lower bound over this
+        round's membership attacks on it, beside the accountant's epsilon; ``violation`` when the bound
+        exceeds it (a bug in the accounting or the training: the report says so)."""
+        out = []
+        for v in sorted({rec["node"] for rec in records if rec.get("kind") == "mia" and "dp_epsilon" in rec}):
+            audited = [rec for rec in records if rec.get("kind") == "mia" and rec["node"] == v
+                       and rec.get("epsilon_lower") is not None]
+            if not audited:
+                continue
+            best = max(audited, key=lambda rec: rec["epsilon_lower"])
+            out.append({"round": r, "node": v, "kind": "dp_audit", "epsilon": best["dp_epsilon"],
+                        "delta": best["dp_delta"], "epsilon_lower": best["epsilon_lower"],
+                        "attack": best["attack"], "attacker": best["attacker"], "access": best["access"],
+                        "view": best["view"], "attacks_audited": len(audited),
+                        "violation": bool(best["epsilon_lower"] > best["dp_epsilon"])})
+        return out
 
     def _export(self, spec: AttackSpec, a: int, v: int, r: int, members: np.ndarray, non_members: np.ndarray,
                 from_test: bool, data: Labelled, truth: np.ndarray, result: Any) -> str:

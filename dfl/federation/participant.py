@@ -83,20 +83,28 @@ def local_order(stream: int, n: int, training: TrainingConfig) -> tuple[torch.Te
     ``stream`` (``derive_seed(seed, LOCAL_TRAIN, node_id, round_idx)``; a batched engine derives every
     node's at once with :func:`dfl.seeding.derive_seeds`). Each epoch is one ``randperm`` cut into
     batches, the last one short; ``local_steps`` cuts the concatenation after that many batches."""
-    bs = training.batch_size
     g = torch.Generator()
     g.manual_seed(stream)
-    if training.local_steps is not None:
-        steps: int | None = training.local_steps
-        epochs = math.ceil(training.local_steps / math.ceil(n / bs))
-    else:
-        steps = None
-        epochs = training.local_epochs or 1
-    epoch = [bs] * (n // bs) + ([n % bs] if n % bs or n == 0 else [])  # randperm(0).split: one empty batch
-    lengths = (epoch * epochs)[:steps] if steps is not None else epoch * epochs
+    epochs, lengths = _epochs(n, training), local_lengths(n, training)
     perms = [torch.randperm(n, generator=g) for _ in range(epochs)]
     order = perms[0] if epochs == 1 else torch.cat(perms)
     return order[: sum(lengths)], lengths
+
+
+def _epochs(n: int, training: TrainingConfig) -> int:
+    """Shuffled passes a round draws: ``local_epochs``, or as many as ``local_steps`` batches need."""
+    if training.local_steps is not None:
+        return math.ceil(training.local_steps / math.ceil(n / training.batch_size))
+    return training.local_epochs or 1
+
+
+def local_lengths(n: int, training: TrainingConfig) -> list[int]:
+    """The lengths of a round's local batches over ``n`` samples (the same every round): each epoch's
+    full batches and its short last one, cut after ``local_steps`` batches."""
+    bs = training.batch_size
+    epoch = [bs] * (n // bs) + ([n % bs] if n % bs or n == 0 else [])  # randperm(0).split: one empty batch
+    lengths = epoch * _epochs(n, training)
+    return lengths[: training.local_steps] if training.local_steps is not None else lengths
 
 
 class Participant:

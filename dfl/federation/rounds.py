@@ -28,6 +28,7 @@ from dfl.errors import EngineFault
 from dfl.federation.engine import Engine
 from dfl.federation.participant import shared_tensors
 from dfl.federation.population import Population
+from dfl.metrics.graph import spectral_gap
 from dfl.mixing import consensus_distance
 from dfl.records import EVAL, FAULT, ROUND, TRAIN, Record
 from dfl.rundir import RunDir
@@ -80,6 +81,7 @@ class Federation:
         self._counts = population.sample_counts()
         self.starts = starts  # the nodes' states at the start of the next round (None: the initial model)
         self._mixing: tuple[nx.Graph, np.ndarray] | None = None  # the last graph and its mixing matrix
+        self._gap: tuple[np.ndarray, float | None] | None = None  # the last mixing matrix and its spectral gap
 
     def _starts(self) -> torch.Tensor:
         if self.starts is None:
@@ -101,6 +103,12 @@ class Federation:
         self._mixing = (graph, W)
         return W
 
+    def spectral_gap(self, W: np.ndarray) -> float | None:
+        """:func:`dfl.metrics.graph.spectral_gap` of the round's mixing matrix, computed once per matrix."""
+        if self._gap is None or self._gap[0] is not W:
+            self._gap = (W, spectral_gap(W))
+        return self._gap[1]
+
     def is_eval_round(self, round_idx: int) -> bool:
         r = round_idx + 1
         return r % self.cfg.eval.every == 0 or r == self.cfg.rounds
@@ -114,7 +122,8 @@ class Federation:
         records: list[Record] = [{"round": r, "node": i, "kind": TRAIN, **s} for i, s in enumerate(stats)]
         for obs in self.observers:
             records += obs.observe(round_idx, graph, shared, self._starts())
-        new = self.engine.mix(self.mixing_matrix(graph), shared)
+        W = self.mixing_matrix(graph)
+        new = self.engine.mix(W, shared)
         if self.observers:
             self.starts = new
         summary: Record = {
@@ -124,6 +133,7 @@ class Federation:
             "edges": graph.number_of_edges(),
             "train_loss": float(np.mean([s["loss"] for s in stats])),
             "consensus_distance": consensus_distance(new),
+            "spectral_gap": self.spectral_gap(W),
         }
         if self.is_eval_round(round_idx):
             evals = self.engine.evaluate(list(self.cfg.eval.splits), round_idx)

@@ -58,6 +58,10 @@ class CompareResult:
     runs: list[RunResult]
 
 
+CONTEXT_FIELDS = ("round", "attacker", "node", "attack", "access", "view", "auc", "tpr_at_1_fpr", "hops",
+                  "attacker_degree", "victim_degree", "attacker_betweenness", "victim_betweenness",
+                  "attacker_closeness", "victim_closeness")
+
 COMPARE_METRICS = ("mean_test_acc", "min_test_acc", "mean_train_acc", "mean_holdout_acc", "generalization_gap",
                    "consensus_distance")
 
@@ -99,6 +103,7 @@ def compare(
     results = run_all(specs, out_dir=out / "runs", jobs=jobs, on_run=on_run)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[list[tuple[int, float]]]] = {}
+    points: list[dict[str, Any]] = []  # every membership record's AUC beside its graph context
     for c, (label, values, cfgs) in enumerate(cells):
         finals: list[dict[str, float]] = []
         for res in results[c * seeds : (c + 1) * seeds]:
@@ -107,6 +112,8 @@ def compare(
             recs = RunDir(res.run_dir).records()
             curves.setdefault(label, []).append(
                 [(r["round"], r["mean_test_acc"]) for r in recs if r["kind"] == "round" and "mean_test_acc" in r])
+            points += [{"cell": label, "seed": res.summary["seed"], **{k: r.get(k) for k in CONTEXT_FIELDS}}
+                       for r in recs if r["kind"] == "mia"]
         row: dict[str, Any] = {**values, "seeds": len(cfgs)}
         extra = sorted({k for f in finals for k in f if k.startswith(("mia_", "gi_"))})
         for m in (*COMPARE_METRICS, *extra):
@@ -117,6 +124,8 @@ def compare(
                 row[f"{m}_std"] = float(np.std(vals))
         rows.append(row)
     _write_comparison(out, axes, rows, curves)
+    if points:
+        _write_context(out, points)
     return CompareResult(out, rows, results)
 
 
@@ -163,3 +172,46 @@ def _write_comparison(out: Path, axes: list[tuple[str, list[Any]]], rows: list[d
     fig.tight_layout()
     fig.savefig(out / "plots" / "accuracy.png", dpi=110)
     plt.close(fig)
+
+
+def _write_context(out: Path, points: list[dict[str, Any]]) -> None:
+    """``attack_context.csv`` (every membership record of every run: its AUC and graph context) and the
+    plots of attack AUC against the attacker-victim hop distance and the victim's degree, one series per
+    cell and attack (access, view), mean and spread over the records at each value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(out / "attack_context.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["cell", "seed", *CONTEXT_FIELDS])
+        w.writeheader()
+        w.writerows(points)
+
+    def series(p: dict[str, Any]) -> str:
+        view = p["view"] if p["access"] == "params" and p["view"] not in (None, "received") else ""
+        return f"{p['cell']}: {p['attack']} ({p['access']}{', ' + view if view else ''})"
+
+    for key, xlabel, name in (("hops", "hop distance attacker -> victim", "auc_vs_hops"),
+                              ("victim_degree", "victim's degree", "auc_vs_degree")):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for label in sorted({series(p) for p in points}):
+            mine = [p for p in points if series(p) == label and p[key] is not None and p["auc"] is not None]
+            xs = sorted({p[key] for p in mine})
+            if not xs:
+                continue
+            vals = [[p["auc"] for p in mine if p[key] == x] for x in xs]
+            ax.errorbar(xs, [float(np.mean(v)) for v in vals], yerr=[float(np.std(v)) for v in vals], marker="o",
+                        ms=4, capsize=3, label=label)
+        ax.axhline(0.5, color="k", lw=0.8, ls="--")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("membership attack AUC (mean ± std over records)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / f"{name}.png", dpi=110)
+        plt.close(fig)
+    with open(out / "comparison.md", "a") as f:
+        f.write("\n## Attack AUC and graph position\n\nEvery membership record of every run, with its attacker's "
+                "and victim's place in the round's graph: `attack_context.csv`.\n\n"
+                "![AUC against hop distance](plots/auc_vs_hops.png)\n\n![AUC against degree](plots/auc_vs_degree.png)\n")

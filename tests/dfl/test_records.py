@@ -26,7 +26,7 @@ def test_every_golden_record_carries_its_kinds_keys() -> None:
     ({"round": 1, "node": 0, "kind": "train", "loss": 0.1}, ["steps"]),
     ({"round": 1, "kind": "eval", "train_acc": 1.0, "train_loss": 0.0}, ["node", "holdout_acc", "holdout_loss",
                                                                           "test_acc", "test_loss"]),
-    ({"round": 1, "node": None, "kind": "gossip"}, ["unknown kind 'gossip'; known kinds: train, eval, round, mia, "
+    ({"round": 1, "node": None, "kind": "gossip"}, ["unknown kind 'gossip'; known kinds: train, eval, round, mia, dp_audit, "
                                                     "inversion, defense, fault"]),
 ])
 def test_a_record_missing_keys_is_named(record: dict, errors: list[str]) -> None:
