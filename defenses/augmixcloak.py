@@ -230,6 +230,8 @@ class AugMixCloakParams(BaseModel):
 class AugMixCloak(QueryDefense):
     """pHash-matched queries are augmented by their hash and fused with a class prototype."""
 
+    detects = True
+
     params: AugMixCloakParams
 
     def __init__(self, params: AugMixCloakParams, ctx: DefenseContext) -> None:
@@ -279,6 +281,8 @@ class AugMixCloak(QueryDefense):
         u8 = self.ctx.to_uint8(x)
         hashes = phash(u8)
         match = self.index.lookup(hashes, self.params.radius)
+        self.queries += len(x)
+        self.detected += int(match.found.sum())
         if not match.found.any():
             return x
         k = np.flatnonzero(match.found)

@@ -69,6 +69,26 @@ class TopologyConfig(Strict):
 SplitName = Literal["train", "holdout", "test"]
 
 
+class EvasionSpec(Strict):
+    """One transform an adaptive attacker applies to each candidate before it queries (``attacks.N.evasion``)."""
+
+    name: Literal["flip", "translate", "crop", "noise", "jpeg"]
+    strength: float | None = Field(None, gt=0, description="translate: largest shift in pixels (default 2); crop: "
+                                   "fraction of each side cut away before resizing back (default 0.125); noise: "
+                                   "Gaussian std in [0, 1] pixel units (default 0.02); jpeg: quality 1-100 (default "
+                                   "75); flip: none")
+
+    @model_validator(mode="after")
+    def _strength(self) -> EvasionSpec:
+        s = self.strength
+        if s is not None and ((self.name == "crop" and s >= 1) or (self.name == "jpeg" and not 1 <= s <= 100)
+                              or self.name == "flip"):
+            raise ValueError(f"strength {s} does not fit {self.name}: " + {
+                "crop": "a fraction below 1, e.g. 0.125", "jpeg": "a quality from 1 to 100, e.g. 75",
+                "flip": "flip takes no strength"}[self.name])
+        return self
+
+
 class AttackSpec(Strict):
     """One attack every attacker runs: what, with which access, when, against whom."""
 
@@ -84,10 +104,17 @@ class AttackSpec(Strict):
         "own (the attacker's model after it aggregated), isolated (the victim's contribution isolated with the "
         "public mixing weights, Pasquini et al. 2023)")
 
+    evasion: list[EvasionSpec] = Field(
+        default_factory=list, description="access: query, transforms applied in order to each candidate before it is "
+        "queried (an adaptive attacker dodging defenses that recognise their training images)")
+
     @model_validator(mode="after")
     def _one_schedule(self) -> AttackSpec:
         if self.rounds is not None and self.every is not None:
             raise ValueError("give either rounds or every, not both")
+        if self.evasion and self.access != "query":
+            raise ValueError("evasion transforms queries, which needs access: query; set access: query or drop "
+                             "evasion")
         if self.view != "received" and self.access != "params":
             raise ValueError(f"view {self.view} scores a model state, which needs access: params (got access: "
                              f"{self.access}); set access: params or drop view")

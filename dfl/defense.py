@@ -59,12 +59,17 @@ class QueryDefense:
     """A query-time defense; subclasses override the transforms they need (the defaults pass through)."""
 
     name = ""  # the registered name, set when a population builds the chain
+    #: the defense recognises some queries (AugMixCloak: a pHash match) and counts them in ``detected``
+    #: out of ``queries``: a membership record then carries the fraction of its queries detected
+    detects: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel, ctx: DefenseContext) -> None:
         self.params = params
         self.ctx = ctx
         self.records: list[dict[str, Any]] = []  # what the defense reports (metrics.jsonl rows, kind "defense")
         self._fitted_to: tuple[float, float] | None = None
+        self.queries = 0  # query images seen (a detecting defense counts them)
+        self.detected = 0  # of which recognised
 
     def prepare(self, model: nn.Module) -> None:
         """Called with the node's model before it answers a batch of queries; calls :meth:`fit` when the

@@ -37,7 +37,10 @@ Keys beyond ``round``, ``node`` and ``kind``, by kind:
     ``victim_train_acc``, ``victim_holdout_acc``, ``victim_gap`` and the accuracy of its answers on
     members and non-members (``answered_member_acc``, ``answered_non_member_acc``); ``view`` (with
     ``access: params``: ``received``, ``own`` or ``isolated``, :func:`dfl.adversary.membership.view_state`;
-    ``null`` for ``query``); the graph context (:mod:`dfl.metrics.graph`): ``hops`` between attacker
+    ``null`` for ``query``); ``evasion`` (the adaptive attacker's query transforms,
+    :mod:`dfl.adversary.evasion`, e.g. ``flip+translate:2``; ``null`` without) and ``detected`` (the
+    fraction of the attack's queries the victim's recognising query-time defense flagged, e.g.
+    AugMixCloak's pHash matches; ``null`` without one); the graph context (:mod:`dfl.metrics.graph`): ``hops`` between attacker
     and victim and each one's ``degree``, ``betweenness`` and ``closeness`` (``attacker_degree``, ...,
     ``victim_closeness``; ``betweenness_pivots`` where betweenness is estimated); for a victim that
     runs ``dp_sgd``, the DP audit (:mod:`dfl.metrics.audit`): the accountant's ``dp_epsilon`` and

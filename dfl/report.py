@@ -69,20 +69,26 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
 
 
 MIA_KEYS = ("auc", "accuracy", "f1", "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "oracle_accuracy",
-            "victim_train_acc", "victim_holdout_acc", "victim_gap", "answered_member_acc", "answered_non_member_acc")
+            "victim_train_acc", "victim_holdout_acc", "victim_gap", "answered_member_acc", "answered_non_member_acc",
+            "detected")
 
 
 def mia_summary(records: list[Record]) -> dict[str, float]:
     """Per attack (access and view), the mean over attacker-victim pairs at its last attacked round:
     ``{attack}_{metric}`` (query), ``{attack}_params_{metric}`` (the received state),
-    ``{attack}_params_{view}_{metric}`` (``own``, ``isolated``)."""
+    ``{attack}_params_{view}_{metric}`` (``own``, ``isolated``); ``{attack}_evasion_{metric}`` for an
+    attack with ``evasion`` (one such spec per attack name)."""
     mia = [r for r in records if r["kind"] == "mia"]
     out: dict[str, float] = {}
-    for name in sorted({(r["attack"], r["access"], r.get("view") or "received") for r in mia}):
-        rows = [r for r in mia if (r["attack"], r["access"], r.get("view") or "received") == name]
+    def group(r: Record) -> tuple[str, str, str, bool]:
+        return r["attack"], r["access"], r.get("view") or "received", bool(r.get("evasion"))
+
+    for name in sorted({group(r) for r in mia}):
+        rows = [r for r in mia if group(r) == name]
         last = max(r["round"] for r in rows)
         rows = [r for r in rows if r["round"] == last]
         label = name[0] if name[1] == "query" else f"{name[0]}_params" + ("" if name[2] == "received" else f"_{name[2]}")
+        label += "_evasion" if name[3] else ""
         for k in MIA_KEYS:
             vals = [r[k] for r in rows if r.get(k) is not None]  # None: an FPR the set cannot resolve
             if vals:
@@ -294,7 +300,8 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
         lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in per]
     mia = summary.get("mia_rows", [])
     if mia:
-        cols = ["round", "attacker", "node", "attack", "access", "view", "hops", "members", "auc", "accuracy",
+        cols = ["round", "attacker", "node", "attack", "access", "view", "evasion", "detected", "hops", "members", "auc",
+                "accuracy",
                 "oracle_accuracy", "f1",
                 "advantage", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "victim_train_acc",
                 "victim_holdout_acc", "victim_gap"]

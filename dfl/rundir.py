@@ -64,7 +64,8 @@ def _nan_for_null(record: dict[str, Any]) -> dict[str, Any]:
 
 
 NULL_FIELDS = frozenset({"node", "tpr_at_1_fpr", "tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "reference_mode", "spectral_gap",
-                         "hops", "epsilon_lower", "audit_threshold", "fpr_upper", "fnr_upper"})
+                         "hops", "epsilon_lower", "audit_threshold", "fpr_upper", "fnr_upper", "view", "evasion",
+                         "detected"})
 
 
 def package_versions() -> dict[str, str]:

@@ -27,6 +27,7 @@ ADVERSARY_VIEW = 20     # default_rng([seed, 20, attacker, round, ...]): an atta
 AUGMIXCLOAK_TUNE = 20   # derive_seed(seed, 20, node): AugMixCloak's tuning sample (a seed, not a generator path)
 MIA_SAMPLE = 21         # default_rng([seed, 21, round, attacker, victim]): members and non-members scored
 DP_AUDIT = 22           # derive_seed(seed, 22, round, attacker, victim, attack index): the DP audit's half-split
+EVASION = 23            # (round, attacker, victim, attack index): an adaptive attacker's query transforms
 REFERENCE = 30          # the recognisability classifier's initialisation and augmentation
 INVERSION = 40          # (attack, round, attacker, victim): an inversion attack's random initialisation
 SEARCH = 50             # the augmentation search's samples, models and reconstructions

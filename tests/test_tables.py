@@ -140,6 +140,11 @@ def test_the_shipped_table_files_hold_the_tables():
     assert aug.rows[3] == ("L2 regularization", ["defenses=[{name: weight_penalty, params: {norm: l2, lam: 0.0005}}]"])
     assert aug.note.startswith("F1 of 0.667 is the all-member baseline (it says little where a data set barely leaks")
     assert ("shadow TPR@1%FPR", "mia.shadow_model_tpr_at_1_fpr") in aug.metrics
+    assert aug.attacks.endswith("{name: shadow_model, evasion: [{name: jpeg, strength: 75}]}]")
+    assert aug.metrics[-4:] == [("shadow detected", "mia.shadow_model_detected"),
+                                ("adaptive shadow F1", "mia.shadow_model_evasion_f1"),
+                                ("adaptive shadow AUC", "mia.shadow_model_evasion_auc"),
+                                ("adaptive detected", "mia.shadow_model_evasion_detected")]
     inv = TABLES["inversion"]
     assert [p for p, _ in inv.phases] == ["model", "attack"] and inv.phases[0] == ("model", ["attackers=[]"])
     assert inv.phases[1][1][-1] == "attacks=[{name: inverting_gradients, params: {iterations: 600}}]"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dfl.adversary.evasion import describe, evasive
 from dfl.attack import AdversaryView, Labelled, MembershipAttack, probabilities, round_targets, scheduled
 from dfl.config import AttackSpec, ExperimentConfig
 from dfl.defense import TrainingDefense, defended_query
@@ -31,7 +32,7 @@ from dfl.metrics.graph import GraphContext
 from dfl.metrics.membership import ROC_POINTS, mia_metrics
 from dfl.mixing import gossip_row
 from dfl.registries import ATTACKS
-from dfl.seeding import DP_AUDIT, MIA_SAMPLE, QUERY, derive_seed, torch_generator
+from dfl.seeding import DP_AUDIT, EVASION, MIA_SAMPLE, QUERY, derive_seed, torch_generator
 from dfl.topology import build_mixing
 
 Record = dict[str, Any]
@@ -239,18 +240,27 @@ class Adversary:
                 else pop.train_pool(non_members))
         data = Labelled(torch.cat([ins.x, outs.x]), torch.cat([ins.y, outs.y]))
         truth = np.r_[np.ones(len(members), bool), np.zeros(len(non_members), bool)]
+        index = next(i for i, other in enumerate(self.cfg.attacks) if other is spec)
         if spec.access == "query":
             outputs = view.query[v]
+            if spec.evasion:
+                g = torch_generator(self.cfg.seed, EVASION, r, a, v, index)
+                outputs = evasive(view.query[v], spec.evasion, pop.mean, pop.std, g)
         else:
             target = view.victim_model(v) if scored is None else scored
             outputs = lambda x: probabilities(target, x)  # noqa: E731
+        detector = next((d for d in self._chains[v] if d.detects), None) if spec.access == "query" else None
+        before = (detector.queries, detector.detected) if detector is not None else (0, 0)
         result = attack.score(view, outputs, data)
+        detected = None
+        if detector is not None and detector.queries > before[0]:
+            detected = (detector.detected - before[1]) / (detector.queries - before[0])
         metrics = mia_metrics(result.scores, truth, result.predicted)
         p = probabilities(model, data.x)
         correct = (p.argmax(1) == data.y).numpy()
         train_acc, holdout_acc = float(correct[truth].mean()), float(correct[~truth].mean())
-        # the same samples through what the attacker was given (the query API behind the victim's defenses)
-        answered = (outputs(data.x).argmax(1) == data.y).numpy()
+        # the same samples through what a benign user is given (the query API behind the victim's defenses)
+        answered = (view.query[v](data.x).argmax(1) == data.y).numpy() if spec.access == "query" else correct
         # here, not at the top: scikit-learn costs about a second of start-up, and only scoring attacks needs it
         from sklearn.metrics import roc_curve
 
@@ -261,6 +271,7 @@ class Adversary:
         return {
             "round": r, "node": v, "kind": "mia", "attacker": a, "attack": spec.name, "access": spec.access,
             "view": spec.view if spec.access == "params" else None,
+            "evasion": describe(spec.evasion), "detected": detected,
             **metrics,
             "victim_train_acc": train_acc, "victim_holdout_acc": holdout_acc, "victim_gap": train_acc - holdout_acc,
             "answered_member_acc": float(answered[truth].mean()),
