@@ -30,7 +30,7 @@ run: install
 ## check the import layers (.importlinter), then run the test suite
 test: install-dev
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 lint: install-dev
 	$(BIN)/ruff check dfl topologies defenses attacks tests benchmarks
