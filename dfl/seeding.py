@@ -31,6 +31,7 @@ EVASION = 23            # (round, attacker, victim, attack index): an adaptive a
 REFERENCE = 30          # the recognisability classifier's initialisation and augmentation
 INVERSION = 40          # (attack, round, attacker, victim): an inversion attack's random initialisation
 SEARCH = 50             # the augmentation search's samples, models and reconstructions
+ASYNC_SCHEDULE = 60     # default_rng([seed, 60, 0]): per-node speeds; ([seed, 60, 1, node, iteration]): push targets
 MEMGUARD_FIT = 0x4D47   # (node): MemGuard's own membership classifier ("MG")
 
 # Sub-tags under a stream above.

@@ -57,6 +57,11 @@ def test_isolation_is_exact_where_the_victims_message_is_the_attackers_aggregate
 
     assert torch.allclose(scores(isolated), scores(own_model), atol=1e-4)
     assert not torch.allclose(scores(x[v]), scores(own_model), atol=1e-2)  # the received message is not it
+    # where the attacker's other inputs agree with the victim (its own model is what it shared), the
+    # isolated state is the shared state itself, and so are its scores
+    agreed = x.clone()
+    agreed[np.flatnonzero(W[a])] = x[v]
+    assert torch.allclose(view_state("isolated", a, v, agreed, W), x[v], atol=1e-5)
 
 
 def test_a_view_needs_params_access() -> None:
