@@ -179,8 +179,41 @@ class InitConfig(Strict):
     node: int = Field(0, ge=0, description="the node of that run whose final state every node starts from")
 
 
+class ChurnSpec(Strict):
+    """Node ``node`` is offline from ``start`` to ``end`` (simulated time)."""
+
+    node: int = Field(ge=0)
+    start: float = Field(ge=0.0)
+    end: float
+
+    @model_validator(mode="after")
+    def _order(self) -> ChurnSpec:
+        if not self.end > self.start:
+            raise ValueError(f"end ({self.end}) must come after start ({self.start})")
+        return self
+
+
+class AsyncConfig(Strict):
+    """``mode: async``: nodes at their own speed over links with latency (``dfl.federation.events``).
+
+    ``rounds`` counts intervals of ``interval`` simulated time units: records, evaluation, attacks and
+    checkpoints happen at their ends, as at the end of synchronous rounds."""
+
+    protocol: Literal["push_one", "push_all"] = Field("push_all", description="push_one: one random neighbour per iteration (push gossip); push_all: every neighbour")
+    interval: float = Field(1.0, gt=0.0, description="simulated time per round of records (one iteration of a node of speed 1)")
+    speed: float = Field(1.0, gt=0.0, description="iterations per time unit of every node (one local budget each)")
+    speed_sigma: float = Field(0.0, ge=0.0, description="speeds drawn log-normal around speed with this sigma, one per node, from the seed")
+    speeds: dict[int, float] = Field(default_factory=dict, description="node -> speed, replacing the drawn one (e.g. a straggler {0: 0.1})")
+    latency: float = Field(0.0, ge=0.0, description="time a message takes beyond size / bandwidth")
+    bandwidth: float | None = Field(None, gt=0.0, description="bytes per time unit of every link (default: unlimited)")
+    churn: list[ChurnSpec] = Field(default_factory=list, description="offline intervals")
+
+
 class ExperimentConfig(Strict):
     """One experiment: data, partition, model, topology, rounds, attackers, engine."""
+
+    # ``async`` is a Python keyword: the field is ``async_``, read and written as ``async``
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True, serialize_by_alias=True)
 
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0)
@@ -199,6 +232,8 @@ class ExperimentConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     init: InitConfig | None = Field(None, description="start from a trained model (same model settings) instead of a fresh one")
+    mode: Literal["sync", "async"] = Field("sync", description="sync: rounds in lockstep; async: every node at its own speed (see async)")
+    async_: AsyncConfig = Field(default_factory=AsyncConfig, alias="async")
 
     @property
     def attacker_ids(self) -> list[int]:

@@ -224,9 +224,33 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
                 errors.append((f"defenses.{i}.nodes.{j}", f"node id {n} is out of range; ids run from 0 to {cfg.nodes - 1}"))
     if not errors:
         errors += plugin_checks(cfg, singles=False)
+    if cfg.mode == "async":
+        errors += async_errors(cfg)
     batched = cfg.engine.name == "batched" or (cfg.engine.name == "ray" and cfg.engine.ray.batched)
     if not errors and batched and cfg.topology.name != "centralized":
         errors += batched_errors(cfg)
+    return errors
+
+
+def async_errors(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """What ``mode: async`` does not run (yet): other engines than serial, a server, a graph that changes."""
+    errors: list[tuple[str, str]] = []
+    if cfg.engine.name != "serial":
+        errors.append(("engine.name", f"mode: async runs on the serial engine, not {cfg.engine.name}; set engine.name: "
+                                      "serial (or mode: sync)"))
+    if cfg.topology.name == "centralized":
+        errors.append(("mode", "topology centralized has a server and rounds; mode: async is for gossip graphs"))
+    if cfg.topology.resample_every is not None or cfg.topology.link_failure > 0:
+        errors.append(("mode", "mode: async runs on one fixed graph; drop topology.resample_every and "
+                               "topology.link_failure (model a node's absence with async.churn)"))
+    for i, c in enumerate(cfg.async_.churn):
+        if c.node >= cfg.nodes:
+            errors.append((f"async.churn.{i}.node", f"node id {c.node} is out of range; ids run from 0 to {cfg.nodes - 1}"))
+    for node, speed in cfg.async_.speeds.items():
+        if not 0 <= node < cfg.nodes:
+            errors.append(("async.speeds", f"node id {node} is out of range; ids run from 0 to {cfg.nodes - 1}"))
+        if not speed > 0:
+            errors.append((f"async.speeds.{node}", f"speed {speed} must be positive (iterations per time unit)"))
     return errors
 
 

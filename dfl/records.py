@@ -12,14 +12,18 @@ Keys beyond ``round``, ``node`` and ``kind``, by kind:
 
 ``train``
     ``loss`` (mean local training loss), ``steps`` (local steps taken); ``dp_epsilon`` for nodes that
-    run ``dp_sgd`` (Opacus's RDP epsilon for every local step so far).
+    run ``dp_sgd`` (Opacus's RDP epsilon for every local step so far). With ``mode: async`` (one record
+    per node and interval, :mod:`dfl.federation.asynchronous`): ``iterations`` started in the interval,
+    messages ``sent``, ``received`` and ``mixed``, the mixed messages' age in simulated time
+    (``staleness_mean``, ``staleness_max``) and in iterations behind (``lag_mean``, ``lag_max``).
 ``eval``
     ``{split}_acc`` and ``{split}_loss`` for each split of ``eval.splits`` (train, holdout, test).
 ``round``
     ``edges`` (live edges of the round's graph), ``train_loss`` (mean over nodes), ``consensus_distance``
     (mean distance of the nodes' states to their average after mixing), ``spectral_gap`` of the round's
     mixing matrix (``1 - |lambda_2|``, 6 significant digits; ``null`` above 1,000 nodes:
-    :mod:`dfl.metrics.graph`) and, in evaluation rounds,
+    :mod:`dfl.metrics.graph`), with ``mode: async`` the simulated ``time`` at the interval's end and the
+    ``messages`` delivered in it, and, in evaluation rounds,
     ``mean_{split}_acc`` / ``mean_{split}_loss`` over nodes.
 ``mia``
     ``node`` is the victim. ``attacker``, ``attack``, ``access`` (query or params), ``members`` and

@@ -33,6 +33,17 @@ class SerialEngine(Engine):
             p.load_state(row)
         return new
 
+    def node_states(self, ids: list[int]) -> torch.Tensor:
+        return torch.stack([self.participants[i].flat.detach().clone() for i in ids])
+
+    def set_node_states(self, ids: list[int], states: torch.Tensor) -> None:
+        for i, row in zip(ids, states, strict=True):
+            self.participants[i].load_state(row)
+
+    def train_nodes(self, ids: list[int], iterations: list[int]) -> list[dict[str, float]]:
+        return [guarded("training", i, k, partial(self.participants[i].train_round, k))
+                for i, k in zip(ids, iterations, strict=True)]
+
     def evaluate(self, splits: list[str], round_idx: int | None = None) -> list[dict[str, float]]:
         return [guarded("evaluating", p.node_id, round_idx, partial(evaluate_all, p, splits))
                 for p in self.participants]

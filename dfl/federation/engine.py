@@ -95,6 +95,21 @@ class Engine(ABC):
     @abstractmethod
     def restore(self, snaps: list[dict[str, Any]]) -> None: ...
 
+    # ``mode: async`` (dfl.federation.asynchronous) works node by node through these three.
+
+    def node_states(self, ids: list[int]) -> torch.Tensor:
+        """The current states of nodes ``ids``, ``(len(ids), n_params)`` (copies)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run mode: async")
+
+    def set_node_states(self, ids: list[int], states: torch.Tensor) -> None:
+        """Load ``states[k]`` into node ``ids[k]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not run mode: async")
+
+    def train_nodes(self, ids: list[int], iterations: list[int]) -> list[dict[str, float]]:
+        """One local budget of each node ``ids[k]``, with the batches and streams of its iteration
+        ``iterations[k]`` (what ``train(round_idx)`` gives round ``round_idx``); per-node stats."""
+        raise NotImplementedError(f"{type(self).__name__} does not run mode: async")
+
     def recover(self, fault: Exception) -> None:
         """Replace the workers lost in ``fault``; the caller then restores every node from a checkpoint."""
         raise fault

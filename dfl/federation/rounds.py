@@ -25,6 +25,7 @@ import torch
 
 from dfl.config import ExperimentConfig
 from dfl.errors import EngineFault
+from dfl.federation.asynchronous import AsyncRounds
 from dfl.federation.engine import Engine
 from dfl.federation.participant import shared_tensors
 from dfl.federation.population import Population
@@ -82,6 +83,7 @@ class Federation:
         self.starts = starts  # the nodes' states at the start of the next round (None: the initial model)
         self._mixing: tuple[nx.Graph, np.ndarray] | None = None  # the last graph and its mixing matrix
         self._gap: tuple[np.ndarray, float | None] | None = None  # the last mixing matrix and its spectral gap
+        self._async: AsyncRounds | None = None  # mode: async's inboxes, messages on their way and schedule
 
     def _starts(self) -> torch.Tensor:
         if self.starts is None:
@@ -103,6 +105,20 @@ class Federation:
         self._mixing = (graph, W)
         return W
 
+    def _asynchronous(self, graph: nx.Graph, W: np.ndarray) -> AsyncRounds:
+        """The asynchronous state, made on first use (``mode: async``)."""
+        if self._async is None:
+            n_state = sum(t.numel() for t in shared_tensors(self.population.template()))
+            self._async = AsyncRounds(self.cfg, self.engine, graph, W, n_state)
+        return self._async
+
+    def _snapshot(self) -> list[dict[str, Any]]:
+        """The engine's per-node snapshot, with the asynchronous state in ``mode: async``."""
+        snaps = self.engine.snapshot()
+        if self._async is not None:
+            snaps = [{**s, "async": a} for s, a in zip(snaps, self._async.snapshot(), strict=True)]
+        return snaps
+
     def spectral_gap(self, W: np.ndarray) -> float | None:
         """:func:`dfl.metrics.graph.spectral_gap` of the round's mixing matrix, computed once per matrix."""
         if self._gap is None or self._gap[0] is not W:
@@ -114,18 +130,34 @@ class Federation:
         return r % self.cfg.eval.every == 0 or r == self.cfg.rounds
 
     def run_round(self, round_idx: int) -> list[Record]:
-        """One synchronous round; returns its metric records in a fixed order."""
+        """One synchronous round (``mode: async``: one interval of simulated time); returns its metric
+        records in a fixed order."""
         r = round_idx + 1
-        graph = build_graph(self.cfg, round_idx)
-        stats = self.engine.train(round_idx)
-        shared = self.engine.share()
+        if self.cfg.mode == "async":
+            graph = build_graph(self.cfg, 0)  # async runs on the base graph (validated: no resampling)
+            W = self.mixing_matrix(graph)
+            rounds = self._asynchronous(graph, W)
+            begun = self.engine.node_states(list(range(self.cfg.nodes))) if self.observers else None
+            stats = rounds.play(round_idx)
+            shared = rounds.shared()
+            if begun is not None:  # the observers' start states: the nodes' states as the interval began
+                self.starts = begun
+        else:
+            graph = build_graph(self.cfg, round_idx)
+            stats = self.engine.train(round_idx)
+            shared = self.engine.share()
         records: list[Record] = [{"round": r, "node": i, "kind": TRAIN, **s} for i, s in enumerate(stats)]
         for obs in self.observers:
             records += obs.observe(round_idx, graph, shared, self._starts())
-        W = self.mixing_matrix(graph)
-        new = self.engine.mix(W, shared)
-        if self.observers:
-            self.starts = new
+        if self.cfg.mode == "async":
+            new = self.engine.node_states(list(range(self.cfg.nodes)))
+            timing = {"time": rounds.time, "messages": int(sum(s["received"] for s in stats))}
+        else:
+            W = self.mixing_matrix(graph)
+            new = self.engine.mix(W, shared)
+            if self.observers:
+                self.starts = new
+            timing = {}
         summary: Record = {
             "round": r,
             "node": None,
@@ -134,6 +166,7 @@ class Federation:
             "train_loss": float(np.mean([s["loss"] for s in stats])),
             "consensus_distance": consensus_distance(new),
             "spectral_gap": self.spectral_gap(W),
+            **timing,
         }
         if self.is_eval_round(round_idx):
             evals = self.engine.evaluate(list(self.cfg.eval.splits), round_idx)
@@ -175,8 +208,9 @@ class Federation:
         if snaps is not None:
             engine.restore(snaps)
             self.starts = _states(snaps)
+            self._resume_async(snaps, start)
         elif checkpoints:
-            rundir.save_checkpoint(0, engine.snapshot())  # type: ignore[union-attr]
+            rundir.save_checkpoint(0, self._snapshot())  # type: ignore[union-attr]
         failures = 0
         round_idx = start
         while round_idx < cfg.rounds:
@@ -190,7 +224,7 @@ class Federation:
             done = round_idx + 1
             k = cfg.output.checkpoint_every
             if checkpoints and (done % k == 0 or done == cfg.rounds):
-                rundir.save_checkpoint(done, engine.snapshot())  # type: ignore[union-attr]
+                rundir.save_checkpoint(done, self._snapshot())  # type: ignore[union-attr]
             if round_idx == start:
                 self.timings["to_first_round_s"] = time.perf_counter() - t0
             if self.progress:
@@ -199,6 +233,17 @@ class Federation:
                 return "interrupted"
             round_idx = done
         return "complete"
+
+    def _resume_async(self, snaps: list[dict[str, Any]], start: int) -> None:
+        """``mode: async``: the inboxes and messages of the checkpoint, and the schedule skipped to ``start``."""
+        if self.cfg.mode != "async":
+            return
+        graph = build_graph(self.cfg, 0)
+        rounds = self._asynchronous(graph, self.mixing_matrix(graph))
+        if all("async" in s for s in snaps):
+            rounds.restore([s["async"] for s in snaps], start)
+        else:  # round 0's checkpoint of a run that had not started
+            rounds.skip_to(start)
 
     def _recover(self, fault: EngineFault, failures: int, round_idx: int, checkpoints: bool) -> int:
         """Replace the lost workers, roll every node back to the last checkpoint and log the fault.

@@ -1,0 +1,81 @@
+"""mode: async on the serial engine: the synchronous result in lockstep, stragglers in the records,
+byte-identical reruns and resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dfl import api
+from dfl.cli import main
+from dfl.engines import SerialEngine
+from dfl.experiment import parse_config
+from dfl.federation import Federation
+from dfl.federation.population import Population
+
+
+def records(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    cfg = parse_config(raw)
+    population = Population.from_config(cfg)
+    fed = Federation(cfg, population, SerialEngine(population))
+    fed.run()
+    return fed.records
+
+
+def test_lockstep_async_trains_exactly_as_the_synchronous_rounds(tiny: dict[str, Any]) -> None:
+    """Equal speeds, no latency, push to all: every iteration starts from the synchronous round's mixed
+    state, so the training losses agree to the bit."""
+    tiny["attackers"] = []
+    sync, asyn = records(tiny), records({**tiny, "mode": "async"})
+    losses = [[(r["round"], r["node"], r["loss"]) for r in recs if r["kind"] == "train"] for recs in (sync, asyn)]
+    assert losses[0] == losses[1]
+    train = [r for r in asyn if r["kind"] == "train"]
+    assert all(r["iterations"] == 1 and r["sent"] == r["received"] == 2 and r["lag_max"] == 0 for r in train)
+    assert all(r["mixed"] == (0 if r["round"] == 1 else 2) and r["staleness_max"] == 0.0 for r in train)
+    assert [r["time"] for r in asyn if r["kind"] == "round"] == [1.0, 2.0, 3.0]
+
+
+def test_a_straggler_shows_in_the_records(tiny: dict[str, Any]) -> None:
+    tiny.update(attackers=[], rounds=6, mode="async", **{"async": {"speeds": {0: 0.1}, "latency": 0.25}})
+    train = [r for r in records(tiny) if r["kind"] == "train"]
+    mine = [r for r in train if r["node"] == 0]
+    assert [r["iterations"] for r in mine] == [1, 0, 0, 0, 0, 0]  # it wakes at 0 and next at 10
+    assert all(r["iterations"] == 1 for r in train if r["node"] != 0)
+    # a message sent at t arrives at t + 0.25, after its receiver woke at t: mixed one iteration later
+    late = [r for r in train if r["node"] == 2 and r["round"] >= 3]
+    assert all(r["staleness_max"] == 1.0 and r["lag_max"] == 1 and r["mixed"] == 2 for r in late)
+    # the straggler's first iteration ends at t = 10: its neighbours hear only node 2 (arrivals at 1.25 .. 5.25)
+    assert [r["sent"] for r in mine] == [0] * 6
+    assert sum(r["received"] for r in train if r["node"] in (1, 3)) == 2 * 5
+
+
+def test_async_reruns_and_resumes_byte_identically(tiny: dict[str, Any], write_cfg, tmp_path: Path) -> None:
+    tiny.update(rounds=4, mode="async", eval={"every": 2},
+                **{"async": {"protocol": "push_one", "speed_sigma": 0.5, "latency": 0.3, "bandwidth": 4000.0,
+                             "churn": [{"node": 2, "start": 1.5, "end": 2.5}]}})
+    tiny["attacks"] = [{"name": "loss", "access": "params", "every": 2}]
+    tiny["data"]["auxiliary_fraction"] = 0.2
+    path = write_cfg(tiny)
+    whole, again = api.run(path), api.run(path)
+    first = api.run(path, stop_after=2)
+    resumed = api.resume(first.run_dir)
+    want = (whole.run_dir / "metrics.jsonl").read_bytes()
+    assert (again.run_dir / "metrics.jsonl").read_bytes() == want
+    assert (resumed.run_dir / "metrics.jsonl").read_bytes() == want
+    assert b'"kind": "mia"' in want and b'"lag_mean"' in want
+
+
+@pytest.mark.parametrize(("patch", "needle"), [
+    ({"engine": {"name": "batched"}}, "mode: async runs on the serial engine"),
+    ({"topology": {"name": "ring", "link_failure": 0.1}}, "one fixed graph"),
+    ({"async": {"churn": [{"node": 9, "start": 0, "end": 1}]}}, "async.churn.0.node"),
+    ({"async": {"speeds": {1: 0.0}}}, "must be positive"),
+    ({"async": {"churn": [{"node": 1, "start": 2, "end": 1}]}}, "must come after start"),
+])
+def test_bad_async_configs_exit_2(tiny: dict[str, Any], write_cfg, capsys, patch: dict[str, Any], needle: str) -> None:
+    tiny.update(mode="async", **patch)
+    assert main(["validate", str(write_cfg(tiny))]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
