@@ -46,7 +46,8 @@ Keys beyond ``round``, ``node`` and ``kind``, by kind:
     fraction of the attack's queries the victim's recognising query-time defense flagged, e.g.
     AugMixCloak's pHash matches; ``null`` without one); the graph context (:mod:`dfl.metrics.graph`): ``hops`` between attacker
     and victim and each one's ``degree``, ``betweenness`` and ``closeness`` (``attacker_degree``, ...,
-    ``victim_closeness``; ``betweenness_pivots`` where betweenness is estimated); for a victim that
+    ``victim_closeness``; ``betweenness_pivots`` where betweenness is estimated); with ``mode: async``
+    and ``access: params``, ``message_time`` (when the attacked message was sent); for a victim that
     runs ``dp_sgd``, the DP audit (:mod:`dfl.metrics.audit`): the accountant's ``dp_epsilon`` and
     ``dp_delta`` after this round, ``epsilon_lower`` (the empirical 95 % lower bound from these scores),
     ``audit_threshold``, ``fpr_upper``, ``fnr_upper`` and ``audit_samples``.

@@ -213,6 +213,9 @@ def attack(run_dir: str | Path, overrides: Sequence[str] = (), *, out_dir: str |
     cfg = parse_config(read_yaml(source.path / "config.yaml"), list(overrides), source=str(source.path / "config.yaml"))
     if not cfg.attacks:
         raise ConfigError([("attacks", "no attacks to replay: --set 'attacks=[{name: loss}]'")])
+    if cfg.mode == "async":
+        raise ConfigError([("mode", "a replay does not keep what each attacker heard in mode: async; run the "
+                                    "attacks live (dfl-sim run with them in attacks)")])
     missing = [(i, r) for i, spec in enumerate(cfg.attacks) for r in range(1, cfg.rounds + 1)
                if scheduled(spec, r, cfg.rounds) and r not in have]
     if missing:

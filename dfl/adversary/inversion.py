@@ -81,7 +81,8 @@ class Inverter:
         load_flat(model, state.detach().cpu())
         return model
 
-    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor) -> list[Record]:
+    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor,
+                heard: Any = None) -> list[Record]:
         r = round_idx + 1
         records: list[Record] = []
         todo = [(i, spec, atk) for i, spec, atk in self.attacks if scheduled(spec, r, self.cfg.rounds)]

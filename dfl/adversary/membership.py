@@ -156,7 +156,11 @@ class Adversary:
         model.eval()
         return model
 
-    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor) -> list[Record]:
+    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor,
+                heard: list[dict[int, tuple[torch.Tensor, float, int]]] | None = None) -> list[Record]:
+        """``heard`` (``mode: async``): what each node received. An attacker with ``access: params`` then
+        attacks, of each neighbour, the newest message that reached it, and the record's
+        ``message_time`` says when that message was sent."""
         r = round_idx + 1
         todo = [(spec, atk) for spec, atk in self.attacks if scheduled(spec, r, self.cfg.rounds)]
         if not todo or not self.attackers:
@@ -178,8 +182,12 @@ class Adversary:
              if any(spec.view != "received" for spec, _ in todo) else None)
         for a in self.attackers:
             view = self._view(a, r, graph, shared, victim_model, queried)
+            if heard is not None:
+                view.received = {j: m[0].clone() for j, m in sorted(heard[a].items())}
             for spec, attack in todo:
                 targets = round_targets(spec, a, graph, self.attackers)
+                if heard is not None and spec.access == "params":  # only what reached it
+                    targets = [v for v in targets if v in heard[a]]
                 if spec.view == "isolated":  # a victim without weight in the attacker's aggregate cannot be isolated
                     targets = [v for v in targets if W is not None and W[a, v] > 0]
                 if not targets:
@@ -188,6 +196,8 @@ class Adversary:
                 for v in targets:
                     scored = None if spec.view == "received" else self._model(view_state(spec.view, a, v, shared, W))
                     record = self._attack_one(view, spec, attack, a, v, r, victim_model(v), scored)
+                    if heard is not None and spec.access == "params":
+                        record["message_time"] = heard[a][v][1]
                     records.append({**record, **context.pair(a, v)})
         records += self._dp_audits(records, r)
         for j, chain in self._chains.items():  # what the victims' defenses reported while answering

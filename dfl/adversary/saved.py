@@ -49,7 +49,8 @@ class StateSaver:
         self.rounds = set(saved_rounds(cfg))
         self.directory = directory
 
-    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor) -> list[Any]:
+    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor,
+                heard: Any = None) -> list[Any]:
         r = round_idx + 1
         if r in self.rounds:
             self.directory.mkdir(parents=True, exist_ok=True)

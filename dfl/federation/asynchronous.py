@@ -13,8 +13,8 @@ synchronous round would give it: the training losses are the synchronous ones, b
 end: each node's ``train`` record (``loss`` and ``steps`` summed over the iterations that started in
 the interval, ``iterations``, ``sent``, ``received``, ``mixed`` messages, the age in simulated time
 of the mixed messages, ``staleness_mean`` and ``staleness_max``, and how many iterations their senders
-were behind the mixing node's previous one, ``lag_mean`` and ``lag_max``: 0 in lockstep), the observers (attackers see each
-node's newest sent state), evaluation of every node's current model (its last trained state, before it
+were behind the mixing node's previous one, ``lag_mean`` and ``lag_max``: 0 in lockstep), the observers (an attacker sees, of each
+neighbour, the newest message that reached it, with the time it was sent: ``heard``), evaluation of every node's current model (its last trained state, before it
 mixes what has arrived: the synchronous loop evaluates after mixing), and the ``round`` summary with
 ``time``. Consecutive wakes, which cannot depend on one another, train together in one engine call.
 
@@ -72,6 +72,7 @@ class AsyncRounds:
         self.in_flight: list[dict[tuple[int, int], Message]] = [{} for _ in range(n)]
         self.outbox: list[dict[int, torch.Tensor]] = [{} for _ in range(n)]
         self.last_sent: list[torch.Tensor | None] = [None] * n
+        self.heard: list[dict[int, Message]] = [{} for _ in range(n)]  # the newest message from each sender, kept
         self.time = 0.0
 
     def skip_to(self, round_idx: int) -> None:
@@ -125,6 +126,8 @@ class AsyncRounds:
             held = self.inbox[i].get(event.peer)
             if held is None or held[2] < k:  # the newest state of each sender
                 self.inbox[i][event.peer] = message
+            if event.peer not in self.heard[i] or self.heard[i][event.peer][2] < k:
+                self.heard[i][event.peer] = message
             stats[i]["received"] += 1
 
     def _wake(self, wakes: list[Event], stats: list[dict[str, Any]]) -> None:
@@ -167,7 +170,7 @@ class AsyncRounds:
     def snapshot(self) -> list[dict[str, Any]]:
         """Per node, what a checkpoint needs beyond the engine's snapshot."""
         return [{"inbox": dict(self.inbox[i]), "in_flight": dict(self.in_flight[i]), "outbox": dict(self.outbox[i]),
-                 "last_sent": self.last_sent[i]} for i in range(self.cfg.nodes)]
+                 "last_sent": self.last_sent[i], "heard": dict(self.heard[i])} for i in range(self.cfg.nodes)]
 
     def restore(self, snaps: list[dict[str, Any]], round_idx: int) -> None:
         for i, s in enumerate(snaps):
@@ -175,4 +178,5 @@ class AsyncRounds:
             self.in_flight[i] = {(int(a), int(b)): (m[0], float(m[1]), int(m[2])) for (a, b), m in s["in_flight"].items()}
             self.outbox[i] = {int(k): v for k, v in s["outbox"].items()}
             self.last_sent[i] = s["last_sent"]
+            self.heard[i] = {int(j): (m[0], float(m[1]), int(m[2])) for j, m in s["heard"].items()}
         self.skip_to(round_idx)

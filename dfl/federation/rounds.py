@@ -43,10 +43,13 @@ class Observer(Protocol):
 
     ``shared``: ``(n_nodes, n_params)``, what every node shared after its local training in round
     ``round_idx``; ``starts``: the states the nodes began that round from (the truth that an attacker
-    with exact knowledge is granted; an observer must not leak it into what attackers are given).
+    with exact knowledge is granted; an observer must not leak it into what attackers are given);
+    ``heard`` (``mode: async``): per node, the newest message it received from each sender, as
+    ``(state, time sent, sender's iteration)``: what an attacker has actually heard.
     """
 
-    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor) -> list[Record]: ...
+    def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor,
+                heard: list[dict[int, tuple[torch.Tensor, float, int]]] | None = None) -> list[Record]: ...
 
 
 class Federation:
@@ -147,8 +150,9 @@ class Federation:
             stats = self.engine.train(round_idx)
             shared = self.engine.share()
         records: list[Record] = [{"round": r, "node": i, "kind": TRAIN, **s} for i, s in enumerate(stats)]
+        heard = {"heard": rounds.heard} if self.cfg.mode == "async" else {}
         for obs in self.observers:
-            records += obs.observe(round_idx, graph, shared, self._starts())
+            records += obs.observe(round_idx, graph, shared, self._starts(), **heard)
         if self.cfg.mode == "async":
             new = self.engine.node_states(list(range(self.cfg.nodes)))
             timing = {"time": rounds.time, "messages": int(sum(s["received"] for s in stats))}

@@ -14,6 +14,7 @@ from dfl.engines import SerialEngine
 from dfl.experiment import parse_config
 from dfl.federation import Federation
 from dfl.federation.population import Population
+from dfl.rundir import RunDir
 
 
 def records(raw: dict[str, Any]) -> list[dict[str, Any]]:
@@ -65,6 +66,8 @@ def test_async_reruns_and_resumes_byte_identically(tiny: dict[str, Any], write_c
     assert (again.run_dir / "metrics.jsonl").read_bytes() == want
     assert (resumed.run_dir / "metrics.jsonl").read_bytes() == want
     assert b'"kind": "mia"' in want and b'"lag_mean"' in want
+    mia = [r for r in RunDir(whole.run_dir).records() if r["kind"] == "mia"]
+    assert mia and all(r["message_time"] <= r["round"] * 1.0 - 0.3 for r in mia)  # sent before it could arrive
 
 
 @pytest.mark.parametrize(("patch", "needle"), [
