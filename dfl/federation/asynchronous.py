@@ -10,13 +10,19 @@ Round ``r`` of the records is the interval ``[r * interval, (r + 1) * interval)`
 closed by the arrivals at its end (so with equal speeds, zero latency, ``push_all`` and ``interval`` 1
 each round holds exactly one iteration of every node, and every iteration starts from the state the
 synchronous round would give it: the training losses are the synchronous ones, bit for bit). At its
-end: each node's ``train`` record (``loss`` and ``steps`` summed over the iterations that started in
-the interval, ``iterations``, ``sent``, ``received``, ``mixed`` messages, the age in simulated time
-of the mixed messages, ``staleness_mean`` and ``staleness_max``, and how many iterations their senders
-were behind the mixing node's previous one, ``lag_mean`` and ``lag_max``: 0 in lockstep), the observers (an attacker sees, of each
-neighbour, the newest message that reached it, with the time it was sent: ``heard``), evaluation of every node's current model (its last trained state, before it
-mixes what has arrived: the synchronous loop evaluates after mixing), and the ``round`` summary with
-``time``. Consecutive wakes, which cannot depend on one another, train together in one engine call.
+end come:
+
+* each node's ``train`` record: ``loss`` and ``steps`` over the iterations that started in the
+  interval, ``iterations``, messages ``sent``, ``received`` and ``mixed``, the mixed messages' age in
+  simulated time (``staleness_mean``, ``staleness_max``) and how many iterations their senders were
+  behind the mixing node's previous one (``lag_mean``, ``lag_max``: 0 in lockstep);
+* the observers: an attacker sees, of each neighbour, the newest message that reached it, with the
+  time it was sent (``heard``);
+* evaluation of every node's current model (its last trained state, before it mixes what has
+  arrived: the synchronous loop evaluates after mixing);
+* the ``round`` summary with the simulated ``time`` and the ``messages`` delivered.
+
+Consecutive wakes, which cannot depend on one another, train together in one engine call.
 
 Checkpoints at interval ends add each node's inbox, the messages on their way to it and its pending
 sends to its snapshot; the schedule itself is regenerated from the seed and skipped to the interval's

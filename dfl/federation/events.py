@@ -6,7 +6,7 @@ done sends its state to the neighbours its protocol chooses, then wakes again at
 the times is a model, not the training:
 
 * **compute**: iteration ``k`` of node ``i`` takes ``1 / speed_i`` time units (``speed``: a constant,
-  one speed per node drawn from a log-normal with the run's seed, or a trace of per-node speeds);
+  one speed per node drawn from a log-normal with the run's seed, or speeds given per node);
 * **links**: a message sent at ``t`` over a link arrives at ``t + latency + size / bandwidth``;
 * **churn**: a node is offline in given intervals ``[start, end)``: it does not wake then (an
   iteration under way finishes and sends; the next one starts at ``end``), and messages that arrive
