@@ -271,6 +271,20 @@ class Optimizer:
             self.buf = torch.zeros(zeros, device=self.device) if self.o.momentum else None
         self.stepped = torch.zeros(self.n, dtype=torch.bool, device=self.device)  # whether any step was taken
 
+    def take(self, rows: torch.Tensor) -> Optimizer:
+        """A new optimizer holding copies of rows ``rows``'s state (train a subset, then :meth:`put` it back)."""
+        sub = Optimizer(self.o, len(rows), self.n_params, self.device)
+        for name in ("m", "v", "t", "buf", "stepped"):
+            if getattr(self, name, None) is not None:
+                setattr(sub, name, getattr(self, name)[rows].clone())
+        return sub
+
+    def put(self, rows: torch.Tensor, sub: Optimizer) -> None:
+        """Write the state of ``sub`` (made by :meth:`take`) back into rows ``rows``."""
+        for name in ("m", "v", "t", "buf", "stepped"):
+            if getattr(self, name, None) is not None:
+                getattr(self, name)[rows] = getattr(sub, name)
+
     def count(self, lo: int, hi: int, active: torch.Tensor) -> None:
         """Mark the rows of a step that took it (Adam's step counts, and whether any state exists)."""
         self.stepped[lo:hi] |= active

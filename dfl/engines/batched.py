@@ -227,6 +227,56 @@ class BatchedEngine(Engine):
         self.flat = new
         return [{"loss": float(losses[i]) if steps[i] else 0.0, "steps": float(steps[i])} for i in range(self.n)]
 
+    # ------------------------------------------------------------------ mode: async, node by node
+
+    def node_states(self, ids: list[int]) -> torch.Tensor:
+        return self.flat[torch.as_tensor(ids, device=self.device)].cpu()
+
+    def set_node_states(self, ids: list[int], states: torch.Tensor) -> None:
+        self.flat[torch.as_tensor(ids, device=self.device)] = states.to(self.device, self.flat.dtype)
+
+    def train_nodes(self, ids: list[int], iterations: list[int]) -> list[dict[str, float]]:
+        """One local budget of rows ``ids`` (a non-sharded engine: ids are rows), each with the batches of
+        its own iteration, trained together in chunks as :meth:`train` trains a round: their states and
+        optimizer rows are gathered, trained and written back. Training-time defenses are refused for
+        ``mode: async`` on this engine when the config is validated; share-time ones rewrite each
+        node's update with its iteration as the round."""
+        rows = torch.as_tensor(ids, device=self.device)
+        seeds = derive_seeds(self.cfg.seed, LOCAL_TRAIN, np.asarray([self.ids[i] for i in ids], dtype=np.int64),
+                             np.asarray(iterations, dtype=np.int64))
+        drawn = [local_order(s, self.train_counts[i], self.training) for s, i in zip(seeds, ids, strict=True)]
+        flat = self.flat[rows].clone()
+        start = flat.clone() if any(i in self.share_defenses for i in ids) else None
+        opt = self.opt.take(rows)
+        if self.training.reset_optimizer:
+            opt.reset()
+        trainer = Trainer(self.layout, opt, self._loss, rowwise=self.rowwise)
+        losses = torch.zeros(len(ids), dtype=torch.float64)
+        for lo in range(0, len(ids), self.chunk):
+            hi = min(lo + self.chunk, len(ids))
+            plan = order_plan([o for o, _ in drawn[lo:hi]], [ls for _, ls in drawn[lo:hi]], self.training.batch_size)
+            losses[lo:hi] = trainer.train(flat, lo, hi, plan, self._fetch(rows[lo:hi]))
+        for k, i in enumerate(ids):
+            if start is not None and i in self.share_defenses:
+                update = flat[k] - start[k]
+                for d in self.share_defenses[i]:
+                    update = d.rewrite(update, iterations[k])
+                flat[k] = start[k] + update
+        self.flat[rows] = flat
+        self.opt.put(rows, opt)
+        steps = [len(ls) for _, ls in drawn]
+        return [{"loss": float(losses[k]) if steps[k] else 0.0, "steps": float(steps[k])} for k in range(len(ids))]
+
+    def _fetch(self, rows: torch.Tensor) -> Any:
+        """The fetch of undefended rows ``rows`` (the batch of each row at a step, from its own samples)."""
+        rows_of = self.train_rows[rows]
+
+        def fetch(lo: int, hi: int, step: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+            idx = torch.gather(rows_of, 1, local.clamp_min(0))
+            return self._images(self.x_u8[idx]), self.y_all[idx], None
+
+        return fetch
+
     def _train_chunk(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor,
                      draws: _Draws | None = None) -> torch.Tensor:
         """Every local step of nodes ``lo..hi-1``, in place in ``flat``; returns their mean losses."""

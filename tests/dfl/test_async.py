@@ -70,8 +70,27 @@ def test_async_reruns_and_resumes_byte_identically(tiny: dict[str, Any], write_c
     assert mia and all(r["message_time"] <= r["round"] * 1.0 - 0.3 for r in mia)  # sent before it could arrive
 
 
+def test_the_batched_engine_plays_the_schedule_as_the_serial_engine_does(tiny: dict[str, Any]) -> None:
+    """In lockstep the batched engine's async losses are its synchronous ones to the bit; with a straggler,
+    latency and push_one it agrees with the serial engine within the batched engine's tolerance."""
+    tiny.update(attackers=[], engine={"name": "batched"})
+    sync, asyn = records(tiny), records({**tiny, "mode": "async"})
+    losses = [[(r["round"], r["node"], r["loss"]) for r in recs if r["kind"] == "train"] for recs in (sync, asyn)]
+    assert losses[0] == losses[1]
+    uneven = {**tiny, "mode": "async", "async": {"protocol": "push_one", "speeds": {0: 0.5}, "latency": 0.3}}
+    batched, serial = records(uneven), records({**uneven, "engine": {"name": "serial"}})
+    for b, s in zip(batched, serial, strict=True):
+        assert b.keys() == s.keys() and b["kind"] == s["kind"]
+        if b["kind"] == "train":
+            assert b["loss"] == pytest.approx(s["loss"], abs=1e-3) and b["iterations"] == s["iterations"]
+            assert b["lag_max"] == s["lag_max"] and b["received"] == s["received"]
+        if b["kind"] == "eval":
+            assert b["test_acc"] == pytest.approx(s["test_acc"], abs=0.02)
+
+
 @pytest.mark.parametrize(("patch", "needle"), [
-    ({"engine": {"name": "batched"}}, "mode: async runs on the serial engine"),
+    ({"engine": {"name": "ray"}}, "mode: async runs on the serial and batched engines"),
+    ({"engine": {"name": "batched"}, "defenses": [{"name": "mixup"}]}, "no training-time defense yet"),
     ({"topology": {"name": "ring", "link_failure": 0.1}}, "one fixed graph"),
     ({"async": {"churn": [{"node": 9, "start": 0, "end": 1}]}}, "async.churn.0.node"),
     ({"async": {"speeds": {1: 0.0}}}, "must be positive"),
