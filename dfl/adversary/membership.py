@@ -277,7 +277,8 @@ class Adversary:
         fpr, tpr, _ = roc_curve(truth, result.scores)
         exported = {}
         if self.signals is not None:
-            exported["signals"] = self._export(spec, a, v, r, members, non_members, from_test, data, truth, result)
+            exported["signals"] = self._export(spec, index, a, v, r, members, non_members, from_test, data, truth,
+                                               result)
         return {
             "round": r, "node": v, "kind": "mia", "attacker": a, "attack": spec.name, "access": spec.access,
             "view": spec.view if spec.access == "params" else None,
@@ -290,7 +291,7 @@ class Adversary:
             "roc_tpr": [round(float(np.interp(x, fpr, tpr)), 5) for x in ROC_POINTS],
             **({"threshold": result.info["threshold"]} if "threshold" in result.info else {}),
             **_budget(attack, result.info),
-            **self._audit(spec, a, v, r, result.scores, truth),
+            **self._audit(index, a, v, r, result.scores, truth),
             **exported,
         }
 
@@ -301,7 +302,7 @@ class Adversary:
                                          if type(d).privacy_spent is not TrainingDefense.privacy_spent), None)
         return self._accountants[v]
 
-    def _audit(self, spec: AttackSpec, a: int, v: int, r: int, scores: np.ndarray, truth: np.ndarray) -> Record:
+    def _audit(self, index: int, a: int, v: int, r: int, scores: np.ndarray, truth: np.ndarray) -> Record:
         """For a victim with a DP accountant: its ``(dp_epsilon, dp_delta)`` after round ``r`` and the
         empirical lower bound from these scores (:func:`dfl.metrics.audit.epsilon_lower_bound`)."""
         accountant = self._accountant(v)
@@ -310,7 +311,6 @@ class Adversary:
         n, t = len(self.population.splits.nodes[v].train), self.cfg.training
         spent = accountant.privacy_spent(r, len(local_lengths(n, t)), t.batch_size, n)
         assert spent is not None
-        index = next(i for i, other in enumerate(self.cfg.attacks) if other is spec)
         audit = epsilon_lower_bound(scores, truth, spent[1], derive_seed(self.cfg.seed, DP_AUDIT, r, a, v, index))
         return {"dp_epsilon": spent[0], "dp_delta": spent[1], **audit}
 
@@ -333,12 +333,11 @@ class Adversary:
                         "violation": bool(best["epsilon_lower"] > best["dp_epsilon"])})
         return out
 
-    def _export(self, spec: AttackSpec, a: int, v: int, r: int, members: np.ndarray, non_members: np.ndarray,
-                from_test: bool, data: Labelled, truth: np.ndarray, result: Any) -> str:
-        """Write one record's per-sample signals (format: :data:`SIGNALS_FORMAT`); returns the file's path
-        relative to the run directory."""
+    def _export(self, spec: AttackSpec, index: int, a: int, v: int, r: int, members: np.ndarray,
+                non_members: np.ndarray, from_test: bool, data: Labelled, truth: np.ndarray, result: Any) -> str:
+        """Write one record's per-sample signals (format: :data:`SIGNALS_FORMAT`) of ``spec``, attack
+        ``index`` of the config; returns the file's path relative to the run directory."""
         assert self.signals is not None
-        index = next(i for i, other in enumerate(self.cfg.attacks) if other is spec)
         name = f"r{r:04d}-a{a}-v{v}-{index}-{spec.name}-{spec.access}.npz"
         n_in = len(members)
         arrays: dict[str, np.ndarray] = {

@@ -219,11 +219,8 @@ class BatchedEngine(Engine):
             hi = min(lo + self.chunk, self.n)
             plan = order_plan(orders[lo:hi], lengths[lo:hi], self.training.batch_size)
             losses[lo:hi] = self._train_chunk(new, lo, hi, plan, drawer)
-        for i, defenses in self.share_defenses.items():
-            update = new[i] - start[i]
-            for d in defenses:
-                update = d.rewrite(update, round_idx)
-            new[i] = start[i] + update
+        for i in self.share_defenses:
+            new[i] = self._rewrite(i, start[i], new[i], round_idx)
         self.flat = new
         return [{"loss": float(losses[i]) if steps[i] else 0.0, "steps": float(steps[i])} for i in range(self.n)]
 
@@ -255,32 +252,26 @@ class BatchedEngine(Engine):
         for lo in range(0, len(ids), self.chunk):
             hi = min(lo + self.chunk, len(ids))
             plan = order_plan([o for o, _ in drawn[lo:hi]], [ls for _, ls in drawn[lo:hi]], self.training.batch_size)
-            losses[lo:hi] = trainer.train(flat, lo, hi, plan, self._fetch(rows[lo:hi]))
+            losses[lo:hi] = trainer.train(flat, lo, hi, plan, self._fetch(self.train_rows[rows[lo:hi]]))
         for k, i in enumerate(ids):
             if start is not None and i in self.share_defenses:
-                update = flat[k] - start[k]
-                for d in self.share_defenses[i]:
-                    update = d.rewrite(update, iterations[k])
-                flat[k] = start[k] + update
+                flat[k] = self._rewrite(i, start[k], flat[k], iterations[k])
         self.flat[rows] = flat
         self.opt.put(rows, opt)
         steps = [len(ls) for _, ls in drawn]
         return [{"loss": float(losses[k]) if steps[k] else 0.0, "steps": float(steps[k])} for k in range(len(ids))]
 
-    def _fetch(self, rows: torch.Tensor) -> Any:
-        """The fetch of undefended rows ``rows`` (the batch of each row at a step, from its own samples)."""
-        rows_of = self.train_rows[rows]
+    def _rewrite(self, i: int, start: torch.Tensor, trained: torch.Tensor, round_idx: int) -> torch.Tensor:
+        """Row ``i``'s state after its share-time defenses rewrote the update ``trained - start``."""
+        update = trained - start
+        for d in self.share_defenses[i]:
+            update = d.rewrite(update, round_idx)
+        return start + update
 
-        def fetch(lo: int, hi: int, step: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
-            idx = torch.gather(rows_of, 1, local.clamp_min(0))
-            return self._images(self.x_u8[idx]), self.y_all[idx], None
-
-        return fetch
-
-    def _train_chunk(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor,
-                     draws: _Draws | None = None) -> torch.Tensor:
-        """Every local step of nodes ``lo..hi-1``, in place in ``flat``; returns their mean losses."""
-        rows_of = self.train_rows[lo:hi]
+    def _fetch(self, rows_of: torch.Tensor, draws: _Draws | None = None) -> Any:
+        """The trainer's fetch for rows whose training samples are ``rows_of`` (padded indices): each step
+        gathers and normalises their batches; with training-time defenses (the synchronous round only),
+        one-hot targets and each row's defense flags and draws."""
         one_hot = bool(self.train_defenses)
 
         def fetch(lo: int, hi: int, step: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
@@ -291,7 +282,12 @@ class BatchedEngine(Engine):
             y = F.one_hot(y, self.population.data.num_classes).to(x.dtype)
             return x, y, (self.defended[lo:hi], draws.step(lo, hi, step, local) if draws is not None else {})
 
-        return self.trainer.train(flat, lo, hi, plan, fetch)
+        return fetch
+
+    def _train_chunk(self, flat: torch.Tensor, lo: int, hi: int, plan: torch.Tensor,
+                     draws: _Draws | None = None) -> torch.Tensor:
+        """Every local step of nodes ``lo..hi-1``, in place in ``flat``; returns their mean losses."""
+        return self.trainer.train(flat, lo, hi, plan, self._fetch(self.train_rows[lo:hi], draws))
 
     # ------------------------------------------------------------------ sharing, evaluation
 

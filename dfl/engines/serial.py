@@ -34,7 +34,7 @@ class SerialEngine(Engine):
         return new
 
     def node_states(self, ids: list[int]) -> torch.Tensor:
-        return torch.stack([self.participants[i].flat.detach().clone() for i in ids])
+        return torch.stack([self.participants[i].flat.detach() for i in ids])  # stack copies
 
     def set_node_states(self, ids: list[int], states: torch.Tensor) -> None:
         for i, row in zip(ids, states, strict=True):

@@ -69,7 +69,7 @@ class AsyncRounds:
     """The asynchronous state between intervals and the playing of one interval (see the module docstring)."""
 
     def __init__(self, cfg: ExperimentConfig, engine: Engine, graph: nx.Graph, W: np.ndarray, n_state: int) -> None:
-        self.cfg, self.engine, self.graph, self.W = cfg, engine, graph, W
+        self.cfg, self.engine, self.W = cfg, engine, W
         self.timing = timing(cfg, n_state)
         self._events: Iterator[Event] = schedule(graph, self.timing, cfg.async_.protocol, cfg.seed, math.inf)
         self._next: Event | None = next(self._events, None)
@@ -160,17 +160,16 @@ class AsyncRounds:
             stats[i]["lags"] += [e.iteration - 1 - inbox[j][2] for j in inbox]
         self.engine.set_node_states(ids, torch.stack(mixed))
         trained = self.engine.train_nodes(ids, [e.iteration for e in wakes])
-        after = self.engine.node_states(ids)
+        after = self.engine.node_states(ids)  # copies: they stay as sent while the node trains on
         for row, e, st in zip(after, wakes, trained, strict=True):
-            self.outbox[e.node][e.iteration] = row.clone()
+            self.outbox[e.node][e.iteration] = row
             s = stats[e.node]
             s["loss"] += st["loss"]
             s["steps"] += st["steps"]
             s["iterations"] += 1
 
-    def shared(self) -> torch.Tensor:
-        """Each node's newest sent state (its current state where it has sent nothing yet)."""
-        current = self.engine.node_states(list(range(self.cfg.nodes)))
+    def shared(self, current: torch.Tensor) -> torch.Tensor:
+        """Each node's newest sent state (its ``current`` state where it has sent nothing yet)."""
         return torch.stack([s if s is not None else current[i] for i, s in enumerate(self.last_sent)])
 
     def snapshot(self) -> list[dict[str, Any]]:

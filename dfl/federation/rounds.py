@@ -142,7 +142,8 @@ class Federation:
             rounds = self._asynchronous(graph, W)
             begun = self.engine.node_states(list(range(self.cfg.nodes))) if self.observers else None
             stats = rounds.play(round_idx)
-            shared = rounds.shared()
+            new = self.engine.node_states(list(range(self.cfg.nodes)))
+            shared = rounds.shared(new)
             if begun is not None:  # the observers' start states: the nodes' states as the interval began
                 self.starts = begun
         else:
@@ -154,7 +155,6 @@ class Federation:
         for obs in self.observers:
             records += obs.observe(round_idx, graph, shared, self._starts(), **heard)
         if self.cfg.mode == "async":
-            new = self.engine.node_states(list(range(self.cfg.nodes)))
             timing = {"time": rounds.time, "messages": int(sum(s["received"] for s in stats))}
         else:
             W = self.mixing_matrix(graph)
