@@ -45,6 +45,14 @@ DEFENSES: dict[str, dict[str, Any]] = {
     "update_pruning": {}, "weight_penalty": {},
 }
 
+ASYNC: dict[str, Any] = {  # uneven speeds, push gossip, slow links, churn and an attacker hearing messages
+    "nodes": 8, "rounds": 4, "mode": "async", "topology": {"name": "small_world", "params": {"k": 4, "p": 0.3}},
+    "async": {"protocol": "push_one", "speed_sigma": 0.6, "latency": 0.2, "bandwidth": 20000.0,
+              "churn": [{"node": 3, "start": 1.2, "end": 2.6}]},
+    "attacks": [{"name": "loss", "access": "params", "every": 2}],
+    "data": {**TINY["data"], "auxiliary_fraction": 0.2},
+}
+
 
 @dataclass(frozen=True)
 class Case:
@@ -78,6 +86,9 @@ CASES: dict[str, Case] = {
     **{f"tiny_defense_{d}": Case(tiny(rounds=2, attacks=[{"name": "loss"}], defenses=[{"name": d, "params": p}]),
                                  ("data.auxiliary_fraction=0.2",))
        for d, p in DEFENSES.items()},
+    **{f"tiny_async{suffix}": Case(tiny(**ASYNC), sets, mode=mode)
+       for suffix, sets, mode in (("", (), "run"), ("_batched", ("engine.name=batched",), "run"),
+                                  ("_resumed", (), "resume"))},
     **{f"cifar10_{Path(f).stem}": Case(f"experiments/{f}", (*SMALL_CIFAR, *more), needs_cifar=True)
        for f, more in (("ring_cifar10.yaml", ()), ("star_cifar10.yaml", ()), ("fully_connected_cifar10.yaml", ()),
                        ("mia_ring_cifar10.yaml", ("training.local_epochs=1", "data.auxiliary_fraction=0.005")),
