@@ -16,6 +16,7 @@ from dfl.mixing import (
     consensus_distance,
     gossip,
     gossip_row,
+    gossip_rows,
     is_doubly_stochastic,
     is_row_stochastic,
     metropolis_hastings_matrix,
@@ -195,6 +196,26 @@ def test_gossip_row_validates_shapes() -> None:
         gossip_row(torch.zeros(2, 3), [1.0])
     with pytest.raises(ValueError, match="matching n_nodes"):
         gossip(torch.zeros(3, 2), np.eye(4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(1, 5), min_size=1, max_size=6), width=st.integers(1, 300),
+       scale=st.floats(-3, 3), seed=st.integers(0, 2**16))
+def test_gossip_rows_equals_gossip_row_on_each_row(counts: list[int], width: int, scale: float, seed: int) -> None:
+    """Rows that mix different numbers of states, over several orders of magnitude: bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    states = [[torch.randn(width, generator=g) * 10**scale for _ in range(c)] for c in counts]
+    weights = [rng.dirichlet(np.ones(c)) for c in counts]
+    want = torch.stack([gossip_row(torch.stack(s), w) for s, w in zip(states, weights, strict=True)])
+    assert torch.equal(gossip_rows(states, weights), want)
+
+
+def test_gossip_rows_validates_its_rows() -> None:
+    with pytest.raises(ValueError, match="pair up"):
+        gossip_rows([[torch.zeros(3)], []], [[1.0], []])
+    with pytest.raises(ValueError, match="pair up"):
+        gossip_rows([[torch.zeros(3)]], [[0.5, 0.5]])
 
 
 # ------------------------------------------------------------------------------------ consensus distance

@@ -2,7 +2,7 @@
 
 A node's iteration ``k`` (its wake) mixes the newest message from each sender that reached it since it
 last mixed with its own state, by its row of the configured mixing matrix over itself and those
-senders, renormalised (all of them present: exactly the synchronous gossip row, :func:`gossip_row`),
+senders, renormalised (all of them present: exactly the synchronous gossip row, :func:`dfl.mixing.gossip_row`),
 then trains one local budget with the batches of ``local_batches(seed, node, k)``. Its sends, when the
 schedule says the iteration is done, carry that trained state; arrivals fill the receivers' inboxes.
 
@@ -22,10 +22,12 @@ end come:
   arrived: the synchronous loop evaluates after mixing);
 * the ``round`` summary with the simulated ``time`` and the ``messages`` delivered.
 
-Consecutive wakes, which cannot depend on one another, train together in one engine call.
+Wakes train in *waves*, one engine call each: a wave holds every wake of the interval whose inputs the
+waves before it have trained (so in lockstep a round is one wave, and uneven speeds cost a few waves an
+interval, not one call per wake).
 
-Checkpoints at interval ends add each node's inbox, the messages on their way to it and its pending
-sends to its snapshot; the schedule itself is regenerated from the seed and skipped to the interval's
+Checkpoints at interval ends add each node's inbox, the messages on their way to it and the states they
+carry to its snapshot; the schedule itself is regenerated from the seed and skipped to the interval's
 end, so a resumed run continues with exactly the events it would have met.
 """
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -42,10 +45,23 @@ import torch
 from dfl.config import ExperimentConfig
 from dfl.federation.engine import Engine
 from dfl.federation.events import ARRIVE, SEND, WAKE, Event, Timing, lognormal_speeds, schedule
-from dfl.mixing import gossip_row
+from dfl.mixing import gossip_rows
 from dfl.records import Record
 
 Message = tuple[torch.Tensor, float, int]  # state, time sent, sender's iteration
+Key = tuple[int, int]  # (node, iteration): the state node's iteration trained, which its messages carry
+
+
+@dataclass
+class _Wake:
+    """One planned wake: what it mixes (the messages' keys and renormalised weights, its own state
+    where the key is ``None``) and the wave of the interval it trains in."""
+
+    node: int
+    iteration: int
+    sources: list[Key | None]
+    weights: np.ndarray | None
+    wave: int
 
 
 def timing(cfg: ExperimentConfig, n_state: int) -> Timing:
@@ -66,7 +82,10 @@ def _closes(event: Event, end: float) -> bool:
 
 
 class AsyncRounds:
-    """The asynchronous state between intervals and the playing of one interval (see the module docstring)."""
+    """The asynchronous state between intervals and the playing of one interval (see the module docstring).
+
+    Messages are held as keys: a message from ``j`` of iteration ``m`` carries the state ``j`` trained in
+    that iteration, kept once in ``states`` as long as a message, a pending send or a wake refers to it."""
 
     def __init__(self, cfg: ExperimentConfig, engine: Engine, graph: nx.Graph, W: np.ndarray, n_state: int) -> None:
         self.cfg, self.engine, self.W = cfg, engine, W
@@ -74,12 +93,14 @@ class AsyncRounds:
         self._events: Iterator[Event] = schedule(graph, self.timing, cfg.async_.protocol, cfg.seed, math.inf)
         self._next: Event | None = next(self._events, None)
         n = cfg.nodes
-        self.inbox: list[dict[int, Message]] = [{} for _ in range(n)]
-        self.in_flight: list[dict[tuple[int, int], Message]] = [{} for _ in range(n)]
-        self.outbox: list[dict[int, torch.Tensor]] = [{} for _ in range(n)]
-        self.last_sent: list[torch.Tensor | None] = [None] * n
-        self.heard: list[dict[int, Message]] = [{} for _ in range(n)]  # the newest message from each sender, kept
+        self.states: dict[Key, torch.Tensor] = {}
+        self.inbox: list[dict[int, tuple[float, int]]] = [{} for _ in range(n)]  # sender -> (time sent, iteration)
+        self.in_flight: list[dict[Key, float]] = [{} for _ in range(n)]  # (sender, iteration) -> time sent
+        self.heard: list[dict[int, tuple[float, int]]] = [{} for _ in range(n)]  # the newest from each sender, kept
+        self.last_sent: list[int | None] = [None] * n  # the iteration of each node's newest sent state
+        self.trained: list[int | None] = [None] * n  # each node's latest iteration (its sends may be pending)
         self.time = 0.0
+        self.waves = 0  # the engine calls that trained the last interval
 
     def skip_to(self, round_idx: int) -> None:
         """Advance the schedule past the events of the rounds before ``round_idx`` (a resume)."""
@@ -89,24 +110,26 @@ class AsyncRounds:
         self.time = end
 
     def play(self, round_idx: int) -> list[Record]:
-        """Every event of interval ``round_idx``; returns each node's ``train`` record (kind set by the caller)."""
+        """Every event of interval ``round_idx``; returns each node's ``train`` record (kind set by the caller).
+
+        The interval's events are first walked in order with messages as keys, which plans every wake:
+        what it mixes, and its *wave*, one more than the latest wave of the wakes it depends on (the
+        node's previous wake and the wakes that trained the states it mixes). Then the waves train in
+        order, each one engine call: a wave's wakes depend on none of each other, and every state a wake
+        reads is the one the event order gives it, so the results do not depend on how wakes are grouped."""
         end = (round_idx + 1) * self.cfg.async_.interval
         n = self.cfg.nodes
         stats: list[dict[str, Any]] = [{"loss": 0.0, "steps": 0.0, "iterations": 0, "sent": 0, "received": 0,
                                         "mixed": 0, "ages": [], "lags": []} for _ in range(n)]
-        wakes: list[Event] = []
+        waves: dict[Key, int] = {}  # the wave of each wake planned in this interval
+        plan: list[_Wake] = []
         while self._next is not None and _closes(self._next, end):
             event, self._next = self._next, next(self._events, None)
             if event.kind == WAKE:
-                if any(w.node == event.node for w in wakes):  # a node without neighbours wakes again at once
-                    self._wake(wakes, stats)
-                    wakes = []
-                wakes.append(event)
-                continue
-            self._wake(wakes, stats)  # what woke before this event trains first: its sends may follow
-            wakes = []
-            self._deliver(event, stats)
-        self._wake(wakes, stats)
+                plan.append(self._plan(event, waves, stats[event.node]))
+            else:
+                self._deliver(event, stats)
+        self._train(plan, stats)
         self.time = end
         out = []
         for s in stats:
@@ -123,65 +146,104 @@ class AsyncRounds:
     def _deliver(self, event: Event, stats: list[dict[str, Any]]) -> None:
         i, k = event.node, event.iteration
         if event.kind == SEND:
-            state = self.outbox[i][k]
-            self.in_flight[event.peer][(i, k)] = (state, event.time, k)
-            self.last_sent[i] = state
+            self.in_flight[event.peer][(i, k)] = event.time
+            self.last_sent[i] = k
             stats[i]["sent"] += 1
         elif event.kind == ARRIVE:
-            message = self.in_flight[i].pop((event.peer, k))
+            message = (self.in_flight[i].pop((event.peer, k)), k)
             held = self.inbox[i].get(event.peer)
-            if held is None or held[2] < k:  # the newest state of each sender
+            if held is None or held[1] < k:  # the newest state of each sender
                 self.inbox[i][event.peer] = message
-            if event.peer not in self.heard[i] or self.heard[i][event.peer][2] < k:
+            if event.peer not in self.heard[i] or self.heard[i][event.peer][1] < k:
                 self.heard[i][event.peer] = message
             stats[i]["received"] += 1
 
-    def _wake(self, wakes: list[Event], stats: list[dict[str, Any]]) -> None:
-        """Mix, then train, the nodes of consecutive wakes (one engine call)."""
-        if not wakes:
-            return
-        ids = [e.node for e in wakes]
-        current = self.engine.node_states(ids)
-        mixed = []
-        for row, e in zip(current, wakes, strict=True):
-            i = e.node
-            self.outbox[i].pop(e.iteration - 1, None)  # its sends are done: they came before this wake
-            inbox, self.inbox[i] = self.inbox[i], {}
-            if not inbox:
-                mixed.append(row)
-                continue
-            cols = sorted([i, *inbox])
-            weights = self.W[i, cols]
-            weights = weights / weights.sum()
-            states = torch.stack([row if j == i else inbox[j][0] for j in cols])
-            mixed.append(gossip_row(states, weights))
-            stats[i]["mixed"] += len(inbox)
-            stats[i]["ages"] += [e.time - inbox[j][1] for j in inbox]
-            stats[i]["lags"] += [e.iteration - 1 - inbox[j][2] for j in inbox]
-        self.engine.set_node_states(ids, torch.stack(mixed))
-        trained = self.engine.train_nodes(ids, [e.iteration for e in wakes])
-        after = self.engine.node_states(ids)  # copies: they stay as sent while the node trains on
-        for row, e, st in zip(after, wakes, trained, strict=True):
-            self.outbox[e.node][e.iteration] = row
-            s = stats[e.node]
-            s["loss"] += st["loss"]
-            s["steps"] += st["steps"]
-            s["iterations"] += 1
+    def _plan(self, event: Event, waves: dict[Key, int], s: dict[str, Any]) -> _Wake:
+        """The wake ``event``: it takes its inbox, and comes one wave after what it depends on."""
+        i, k = event.node, event.iteration
+        inbox, self.inbox[i] = self.inbox[i], {}
+        self.trained[i] = k
+        wave = 1 + max([waves.get((i, k - 1), 0), *(waves.get((j, m), 0) for j, (_, m) in inbox.items())])
+        waves[(i, k)] = wave
+        if not inbox:
+            return _Wake(i, k, [], None, wave)
+        cols = sorted([i, *inbox])
+        weights = self.W[i, cols]
+        s["mixed"] += len(inbox)
+        s["ages"] += [event.time - inbox[j][0] for j in inbox]
+        s["lags"] += [k - 1 - inbox[j][1] for j in inbox]
+        return _Wake(i, k, [None if j == i else (j, inbox[j][1]) for j in cols], weights / weights.sum(), wave)
+
+    def _kept(self) -> set[Key]:
+        """The states still referred to once the interval's events are planned: messages in inboxes, on
+        their way or heard, each node's newest sent state and its latest one (sends may be pending)."""
+        keep = {(j, m) for box in (*self.inbox, *self.heard) for j, (_, m) in box.items()}
+        keep |= {key for flight in self.in_flight for key in flight}
+        keep |= {(i, k) for ks in (self.last_sent, self.trained) for i, k in enumerate(ks) if k is not None}
+        return keep
+
+    def _train(self, plan: list[_Wake], stats: list[dict[str, Any]]) -> None:
+        """Mix, then train, the planned wakes, wave by wave (one engine call each); then forget every
+        state nothing refers to any more."""
+        keep = self._kept()
+        last_read: dict[Key, int] = {}
+        for w in plan:
+            for key in w.sources:
+                if key is not None:
+                    last_read[key] = max(last_read.get(key, 0), w.wave)
+        self.waves = len({w.wave for w in plan})
+        for wave in sorted({w.wave for w in plan}):
+            wakes = [w for w in plan if w.wave == wave]
+            ids = [w.node for w in wakes]
+            current = self.engine.node_states(ids)
+            if any(w.weights is not None for w in wakes):
+                self.engine.set_node_states(ids, gossip_rows(
+                    [[row] if w.weights is None else [row if key is None else self.states[key] for key in w.sources]
+                     for row, w in zip(current, wakes, strict=True)],
+                    [[1.0] if w.weights is None else w.weights for w in wakes]))
+            trained = self.engine.train_nodes(ids, [w.iteration for w in wakes])
+            after = self.engine.node_states(ids)  # copies: they stay as sent while the node trains on
+            for row, w, st in zip(after, wakes, trained, strict=True):
+                key = (w.node, w.iteration)
+                if key in keep or key in last_read:
+                    self.states[key] = row
+                s = stats[w.node]
+                s["loss"] += st["loss"]
+                s["steps"] += st["steps"]
+                s["iterations"] += 1
+            for key in [key for key, last in last_read.items() if last == wave and key not in keep]:
+                del self.states[key]
+        self.states = {key: self.states[key] for key in keep}
 
     def shared(self, current: torch.Tensor) -> torch.Tensor:
         """Each node's newest sent state (its ``current`` state where it has sent nothing yet)."""
-        return torch.stack([s if s is not None else current[i] for i, s in enumerate(self.last_sent)])
+        return torch.stack([current[i] if k is None else self.states[(i, k)] for i, k in enumerate(self.last_sent)])
+
+    def heard_messages(self) -> list[dict[int, Message]]:
+        """Per node, the newest message it received from each sender: ``(state, time sent, iteration)``."""
+        return [{j: (self.states[(j, m)], t, m) for j, (t, m) in box.items()} for box in self.heard]
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Per node, what a checkpoint needs beyond the engine's snapshot."""
-        return [{"inbox": dict(self.inbox[i]), "in_flight": dict(self.in_flight[i]), "outbox": dict(self.outbox[i]),
-                 "last_sent": self.last_sent[i], "heard": dict(self.heard[i])} for i in range(self.cfg.nodes)]
+        """Per node, what a checkpoint needs beyond the engine's snapshot: the states of its iterations
+        still referred to, and its inbox, messages on their way to it, what it heard and sent."""
+        mine: list[dict[int, torch.Tensor]] = [{} for _ in range(self.cfg.nodes)]
+        for (i, k), state in self.states.items():
+            mine[i][k] = state
+        return [{"states": mine[i], "inbox": dict(self.inbox[i]), "in_flight": dict(self.in_flight[i]),
+                 "heard": dict(self.heard[i]), "last_sent": self.last_sent[i], "trained": self.trained[i]}
+                for i in range(self.cfg.nodes)]
 
     def restore(self, snaps: list[dict[str, Any]], round_idx: int) -> None:
+        def message(m: tuple[Any, Any]) -> tuple[float, int]:
+            return float(m[0]), int(m[1])
+
+        def optional(k: Any) -> int | None:
+            return None if k is None else int(k)
+
+        self.states = {(i, int(k)): v for i, s in enumerate(snaps) for k, v in s["states"].items()}
         for i, s in enumerate(snaps):
-            self.inbox[i] = {int(j): (m[0], float(m[1]), int(m[2])) for j, m in s["inbox"].items()}
-            self.in_flight[i] = {(int(a), int(b)): (m[0], float(m[1]), int(m[2])) for (a, b), m in s["in_flight"].items()}
-            self.outbox[i] = {int(k): v for k, v in s["outbox"].items()}
-            self.last_sent[i] = s["last_sent"]
-            self.heard[i] = {int(j): (m[0], float(m[1]), int(m[2])) for j, m in s["heard"].items()}
+            self.inbox[i] = {int(j): message(m) for j, m in s["inbox"].items()}
+            self.in_flight[i] = {(int(a), int(b)): float(t) for (a, b), t in s["in_flight"].items()}
+            self.heard[i] = {int(j): message(m) for j, m in s["heard"].items()}
+            self.last_sent[i], self.trained[i] = optional(s["last_sent"]), optional(s["trained"])
         self.skip_to(round_idx)

@@ -93,23 +93,24 @@ def schedule(graph: nx.Graph, timing: Timing, protocol: str, seed: int, until: f
     if len(timing.speeds) != n or any(not s > 0 for s in timing.speeds):
         raise ValueError(f"speeds must be {n} positive numbers, got {list(timing.speeds)[:5]}...")
     neighbours = {i: sorted(graph.neighbors(i)) for i in graph.nodes}
-    queue: list[Event] = [Event(timing.online_from(i, 0.0), WAKE, i, -1, 0) for i in range(n)]
+    # the queue holds plain tuples in Event's field order: they compare as the events would, faster
+    queue: list[tuple[float, int, int, int, int]] = [(timing.online_from(i, 0.0), WAKE, i, -1, 0) for i in range(n)]
     heapq.heapify(queue)
+    transit = timing.transit()
     while queue:
-        event = heapq.heappop(queue)
-        if event.time >= until:
+        t, kind, i, peer, k = heapq.heappop(queue)
+        if t >= until:
             return
-        if event.kind == ARRIVE and not timing.is_online(event.node, event.time):
+        if kind == ARRIVE and not timing.is_online(i, t):
             continue  # lost: its receiver is offline
-        yield event
-        i, k = event.node, event.iteration
-        if event.kind == WAKE:
-            done = event.time + 1.0 / timing.speeds[i]
+        yield Event(t, kind, i, peer, k)
+        if kind == WAKE:
+            done = t + 1.0 / timing.speeds[i]
             for j in _targets(neighbours[i], protocol, seed, i, k):
-                heapq.heappush(queue, Event(done, SEND, i, j, k))
-            heapq.heappush(queue, Event(timing.online_from(i, done), WAKE, i, -1, k + 1))
-        elif event.kind == SEND:
-            heapq.heappush(queue, Event(event.time + timing.transit(), ARRIVE, event.peer, i, k))
+                heapq.heappush(queue, (done, SEND, i, j, k))
+            heapq.heappush(queue, (timing.online_from(i, done), WAKE, i, -1, k + 1))
+        elif kind == SEND:
+            heapq.heappush(queue, (t + transit, ARRIVE, peer, i, k))
 
 
 def _targets(neighbours: list[int], protocol: str, seed: int, node: int, iteration: int) -> list[int]:

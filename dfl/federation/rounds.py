@@ -151,7 +151,7 @@ class Federation:
             stats = self.engine.train(round_idx)
             shared = self.engine.share()
         records: list[Record] = [{"round": r, "node": i, "kind": TRAIN, **s} for i, s in enumerate(stats)]
-        heard = {"heard": rounds.heard} if self.cfg.mode == "async" else {}
+        heard = {"heard": rounds.heard_messages()} if self.cfg.mode == "async" else {}
         for obs in self.observers:
             records += obs.observe(round_idx, graph, shared, self._starts(), **heard)
         if self.cfg.mode == "async":

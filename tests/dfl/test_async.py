@@ -13,6 +13,7 @@ from dfl.cli import main
 from dfl.engines import SerialEngine
 from dfl.experiment import parse_config
 from dfl.federation import Federation
+from dfl.federation.asynchronous import AsyncRounds
 from dfl.federation.population import Population
 from dfl.rundir import RunDir
 
@@ -86,6 +87,35 @@ def test_the_batched_engine_plays_the_schedule_as_the_serial_engine_does(tiny: d
             assert b["lag_max"] == s["lag_max"] and b["received"] == s["received"]
         if b["kind"] == "eval":
             assert b["test_acc"] == pytest.approx(s["test_acc"], abs=0.02)
+
+
+@pytest.mark.parametrize("engine", ["serial", "batched"])
+def test_waves_give_the_records_of_one_wake_at_a_time(tiny: dict[str, Any], monkeypatch, engine: str) -> None:
+    """The reference: every wake in a wave of its own, in event order. Grouping wakes into waves by
+    their dependencies changes no byte (the batched engine: a wave is one call, so this also shows its
+    rows do not depend on which other nodes train beside them)."""
+    tiny.update(nodes=8, rounds=4, mode="async", engine={"name": engine}, topology={"name": "k_regular", "params": {"k": 4}},
+                **{"async": {"protocol": "push_one", "speed_sigma": 0.7, "latency": 0.1, "interval": 2.5}})
+    tiny["attackers"] = []
+    calls: list[tuple[int, int]] = []  # (waves, wakes) per interval
+    train = AsyncRounds._train
+
+    def counting(self: AsyncRounds, plan: list[Any], stats: list[Any]) -> None:
+        calls.append((len({w.wave for w in plan}), len(plan)))
+        train(self, plan, stats)
+
+    monkeypatch.setattr(AsyncRounds, "_train", counting)
+    grouped = records(tiny)
+    assert sum(w for w, _ in calls) < sum(n for _, n in calls) / 2  # wakes did share waves
+    plan = AsyncRounds._plan
+
+    def alone(self: AsyncRounds, event: Any, waves: dict[Any, int], s: dict[str, Any]) -> Any:
+        wake = plan(self, event, waves, s)
+        wake.wave = waves[(wake.node, wake.iteration)] = len(waves)
+        return wake
+
+    monkeypatch.setattr(AsyncRounds, "_plan", alone)
+    assert records(tiny) == grouped
 
 
 @pytest.mark.parametrize(("patch", "needle"), [
