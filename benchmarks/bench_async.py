@@ -9,7 +9,8 @@ out), the iterations (wakes) and messages of those rounds, the engine calls that
 the cost per iteration and its ratio to the synchronous rounds' cost per iteration.
 
 Modes: ``sync``; ``lockstep`` (equal speeds, no latency, push to all: one wave a round); ``uneven``
-(log-normal speeds with sigma 0.5, latency 0.2, push gossip to one neighbour).
+(log-normal speeds with sigma 0.5, latency 0.2, push gossip to one neighbour); ``pairwise`` (the same
+with AD-PSGD's pairwise averaging).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ MODES: dict[str, dict[str, Any] | None] = {
     "sync": None,
     "lockstep": {},
     "uneven": UNEVEN,
+    "pairwise": {**UNEVEN, "protocol": "pairwise"},
 }
 
 

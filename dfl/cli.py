@@ -24,7 +24,7 @@ from rich.table import Table  # noqa: E402
 
 from dfl.errors import DflError, Terminated, raise_terminated  # noqa: E402
 
-FAMILIES = ("datasets", "partitioners", "models", "topologies", "aggregators", "attacks", "defenses")
+FAMILIES = ("datasets", "partitioners", "models", "topologies", "aggregators", "protocols", "attacks", "defenses")
 JOBS_HELP = ("runs at once, each in its own process (default 1); the figures do not depend on it, the serial "
              "engine only")
 

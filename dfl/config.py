@@ -199,7 +199,7 @@ class AsyncConfig(Strict):
     ``rounds`` counts intervals of ``interval`` simulated time units: records, evaluation, attacks and
     checkpoints happen at their ends, as at the end of synchronous rounds."""
 
-    protocol: Literal["push_one", "push_all"] = Field("push_all", description="push_one: one random neighbour per iteration (push gossip); push_all: every neighbour")
+    protocol: str = Field("push_all", description="a registered protocol (dfl-sim list protocols): push_all (every neighbour), push_one (push gossip to one random neighbour), pairwise (AD-PSGD's pairwise averaging)")
     interval: float = Field(1.0, gt=0.0, description="simulated time per round of records (one iteration of a node of speed 1)")
     speed: float = Field(1.0, gt=0.0, description="iterations per time unit of every node (one local budget each)")
     speed_sigma: float = Field(0.0, ge=0.0, description="speeds drawn log-normal around speed with this sigma, one per node, from the seed")

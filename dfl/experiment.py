@@ -27,7 +27,7 @@ from dfl.defense import TrainingDefense
 from dfl.errors import ConfigError
 from dfl.models import build_model
 from dfl.plugins import load_plugins
-from dfl.registries import AGGREGATORS, ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONERS, TOPOLOGIES
+from dfl.registries import AGGREGATORS, ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONERS, PROTOCOLS, TOPOLOGIES
 from dfl.registry import pydantic_errors
 from dfl.seeding import ATTACKER_PLACEMENT
 from dfl.topology import base_graph, check_topology
@@ -249,6 +249,9 @@ def async_errors(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     if cfg.topology.resample_every is not None or cfg.topology.link_failure > 0:
         errors.append(("mode", "mode: async runs on one fixed graph; drop topology.resample_every and "
                                "topology.link_failure (model a node's absence with async.churn)"))
+    if cfg.async_.protocol not in PROTOCOLS:
+        errors.append(("async.protocol", f"unknown protocol {cfg.async_.protocol!r}; known protocols: "
+                                         f"{', '.join(PROTOCOLS.names())} (dfl-sim list protocols)"))
     for i, c in enumerate(cfg.async_.churn):
         if c.node >= cfg.nodes:
             errors.append((f"async.churn.{i}.node", f"node id {c.node} is out of range; ids run from 0 to {cfg.nodes - 1}"))

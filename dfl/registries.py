@@ -1,7 +1,7 @@
 """The plugin families of dfl-sim, one ``Registry`` each.
 
 Core entries (datasets, partitioners, models) register from ``dfl``; topologies, aggregators,
-defenses and attacks register from their plugin packages, loaded by :func:`dfl.plugins.load_plugins`.
+gossip protocols (``mode: async``), defenses and attacks register from their plugin packages, loaded by :func:`dfl.plugins.load_plugins`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ PARTITIONERS: Registry[Any] = Registry("partitioner")
 MODELS: Registry[Any] = Registry("model")
 TOPOLOGIES: Registry[Any] = Registry("topology", "topologies")
 AGGREGATORS: Registry[Any] = Registry("aggregator")
+PROTOCOLS: Registry[Any] = Registry("protocol")
 DEFENSES: Registry[Any] = Registry("defense")
 ATTACKS: Registry[Any] = Registry("attack")
 
@@ -24,6 +25,7 @@ FAMILIES: dict[str, Registry[Any]] = {
     "models": MODELS,
     "topologies": TOPOLOGIES,
     "aggregators": AGGREGATORS,
+    "protocols": PROTOCOLS,
     "attacks": ATTACKS,
     "defenses": DEFENSES,
 }

@@ -4,7 +4,9 @@ One module per registry key. A topology module registers ``build(n, params, rng)
 ``dfl.registries.TOPOLOGIES``: an undirected simple graph on nodes ``0..n-1``; sizes it cannot build
 raise ``ConfigError`` at ``nodes``. It may define ``CONNECT_HINT``, the advice printed when its graph is
 disconnected. An aggregator module registers ``weights(graph, sample_counts, params) -> (n, n)`` into
-``dfl.registries.AGGREGATORS``: a row-stochastic mixing matrix supported on self + neighbours.
+``dfl.registries.AGGREGATORS``: a row-stochastic mixing matrix supported on self + neighbours. A
+protocol module registers a ``dfl.federation.events.Protocol`` subclass into ``dfl.registries.PROTOCOLS``:
+whom a node of ``mode: async`` sends to, and how it mixes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from topologies import (
     k_regular,
     metropolis_hastings,
     neighbourhood_mean,
+    pairwise,
+    push_all,
+    push_one,
     ring,
     sample_weighted,
     small_world,
@@ -36,6 +41,9 @@ __all__ = [
     "k_regular",
     "metropolis_hastings",
     "neighbourhood_mean",
+    "pairwise",
+    "push_all",
+    "push_one",
     "ring",
     "sample_weighted",
     "small_world",

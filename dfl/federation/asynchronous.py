@@ -44,7 +44,7 @@ import torch
 
 from dfl.config import ExperimentConfig
 from dfl.federation.engine import Engine
-from dfl.federation.events import ARRIVE, SEND, WAKE, Event, Timing, lognormal_speeds, schedule
+from dfl.federation.events import ARRIVE, SEND, WAKE, Event, Timing, lognormal_speeds, make_protocol, schedule
 from dfl.mixing import gossip_rows
 from dfl.records import Record
 
@@ -90,12 +90,14 @@ class AsyncRounds:
     def __init__(self, cfg: ExperimentConfig, engine: Engine, graph: nx.Graph, W: np.ndarray, n_state: int) -> None:
         self.cfg, self.engine, self.W = cfg, engine, W
         self.timing = timing(cfg, n_state)
-        self._events: Iterator[Event] = schedule(graph, self.timing, cfg.async_.protocol, cfg.seed, math.inf)
+        self.protocol = make_protocol(cfg.async_.protocol)
+        self._events: Iterator[Event] = schedule(graph, self.timing, self.protocol, cfg.seed, math.inf)
         self._next: Event | None = next(self._events, None)
         n = cfg.nodes
         self.states: dict[Key, torch.Tensor] = {}
         self.inbox: list[dict[int, tuple[float, int]]] = [{} for _ in range(n)]  # sender -> (time sent, iteration)
-        self.in_flight: list[dict[Key, float]] = [{} for _ in range(n)]  # (sender, iteration) -> time sent
+        # (sender, iteration) -> the times it was sent, oldest first (pairwise may send one state twice)
+        self.in_flight: list[dict[Key, list[float]]] = [{} for _ in range(n)]
         self.heard: list[dict[int, tuple[float, int]]] = [{} for _ in range(n)]  # the newest from each sender, kept
         self.last_sent: list[int | None] = [None] * n  # the iteration of each node's newest sent state
         self.trained: list[int | None] = [None] * n  # each node's latest iteration (its sends may be pending)
@@ -146,11 +148,14 @@ class AsyncRounds:
     def _deliver(self, event: Event, stats: list[dict[str, Any]]) -> None:
         i, k = event.node, event.iteration
         if event.kind == SEND:
-            self.in_flight[event.peer][(i, k)] = event.time
+            self.in_flight[event.peer].setdefault((i, k), []).append(event.time)
             self.last_sent[i] = k
             stats[i]["sent"] += 1
         elif event.kind == ARRIVE:
-            message = (self.in_flight[i].pop((event.peer, k)), k)
+            times = self.in_flight[i][(event.peer, k)]
+            message = (times.pop(0), k)  # a constant transit time: arrivals come in the order of their sends
+            if not times:
+                del self.in_flight[i][(event.peer, k)]
             held = self.inbox[i].get(event.peer)
             if held is None or held[1] < k:  # the newest state of each sender
                 self.inbox[i][event.peer] = message
@@ -168,7 +173,7 @@ class AsyncRounds:
         if not inbox:
             return _Wake(i, k, [], None, wave)
         cols = sorted([i, *inbox])
-        weights = self.W[i, cols]
+        weights = np.ones(len(cols)) if self.protocol.uniform else self.W[i, cols]
         s["mixed"] += len(inbox)
         s["ages"] += [event.time - inbox[j][0] for j in inbox]
         s["lags"] += [k - 1 - inbox[j][1] for j in inbox]
@@ -180,6 +185,8 @@ class AsyncRounds:
         keep = {(j, m) for box in (*self.inbox, *self.heard) for j, (_, m) in box.items()}
         keep |= {key for flight in self.in_flight for key in flight}
         keep |= {(i, k) for ks in (self.last_sent, self.trained) for i, k in enumerate(ks) if k is not None}
+        if self.protocol.exchange:  # an answer carries the newest finished iteration: maybe the one before
+            keep |= {(i, k - 1) for i, k in enumerate(self.trained) if k}
         return keep
 
     def _train(self, plan: list[_Wake], stats: list[dict[str, Any]]) -> None:
@@ -229,7 +236,7 @@ class AsyncRounds:
         mine: list[dict[int, torch.Tensor]] = [{} for _ in range(self.cfg.nodes)]
         for (i, k), state in self.states.items():
             mine[i][k] = state
-        return [{"states": mine[i], "inbox": dict(self.inbox[i]), "in_flight": dict(self.in_flight[i]),
+        return [{"states": mine[i], "inbox": dict(self.inbox[i]), "in_flight": {key: list(t) for key, t in self.in_flight[i].items()},
                  "heard": dict(self.heard[i]), "last_sent": self.last_sent[i], "trained": self.trained[i]}
                 for i in range(self.cfg.nodes)]
 
@@ -243,7 +250,7 @@ class AsyncRounds:
         self.states = {(i, int(k)): v for i, s in enumerate(snaps) for k, v in s["states"].items()}
         for i, s in enumerate(snaps):
             self.inbox[i] = {int(j): message(m) for j, m in s["inbox"].items()}
-            self.in_flight[i] = {(int(a), int(b)): float(t) for (a, b), t in s["in_flight"].items()}
+            self.in_flight[i] = {(int(a), int(b)): [float(x) for x in t] for (a, b), t in s["in_flight"].items()}
             self.heard[i] = {int(j): message(m) for j, m in s["heard"].items()}
             self.last_sent[i], self.trained[i] = optional(s["last_sent"]), optional(s["trained"])
         self.skip_to(round_idx)

@@ -11,8 +11,9 @@ the times is a model, not the training:
 * **churn**: a node is offline in given intervals ``[start, end)``: it does not wake then (an
   iteration under way finishes and sends; the next one starts at ``end``), and messages that arrive
   while it is offline are lost;
-* **protocol**: ``push_one`` sends to one neighbour chosen uniformly from a stream of (seed, node,
-  iteration) (push gossip, as in gossipy), ``push_all`` to every neighbour.
+* **protocol** (a :class:`Protocol` of the ``protocols`` registry, ``topologies/``): whom a node sends
+  to when an iteration is done, drawn from a stream of (seed, node, iteration); an *exchange* protocol
+  (pairwise averaging) has the partner answer at once with its newest finished state.
 
 So the whole order of events is a pure function of the seed, the graph and these parameters: an engine
 replays it and the run is byte-identical whatever executes it, and across resume (the schedule
@@ -27,17 +28,49 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import networkx as nx
 import numpy as np
+from pydantic import BaseModel
 
+from dfl.registries import PROTOCOLS
 from dfl.seeding import ASYNC_SCHEDULE, numpy_rng
 
 ARRIVE, SEND, WAKE = 0, 1, 2  # the order of events at one instant
 KINDS = {ARRIVE: "arrive", SEND: "send", WAKE: "wake"}
-PROTOCOLS = ("push_one", "push_all")
+
+
+class Protocol:
+    """A gossip protocol of ``mode: async``: whom a node sends its state to when an iteration is done,
+    and how a wake weighs what it mixes. Registered, with a params model, into
+    ``dfl.registries.PROTOCOLS`` (the built-in ones live in ``topologies/``) and built with its params.
+
+    ``exchange``: each send is answered at the same instant by the receiver's newest *finished* state
+    (the state its last completed iteration trained), which travels back over the same link; nothing
+    is answered by a node that is offline or has finished no iteration yet.
+    ``uniform``: a wake mixes its own state and the ``m`` messages with weight ``1 / (m + 1)`` each,
+    instead of its row of the configured mixing matrix renormalised over them.
+    """
+
+    exchange: ClassVar[bool] = False
+    uniform: ClassVar[bool] = False
+
+    def __init__(self, params: BaseModel) -> None:
+        self.params = params
+
+    def targets(self, neighbours: list[int], rng: Callable[[], np.random.Generator]) -> list[int]:
+        """The receivers of one iteration's sends among ``neighbours`` (sorted ids, never empty);
+        ``rng()`` gives the stream of this node and iteration (made only when called)."""
+        raise NotImplementedError
+
+
+def make_protocol(name: str) -> Protocol:
+    """The registered protocol ``name``, with its default params."""
+    entry = PROTOCOLS.get(name, "async.protocol")
+    return entry.obj(entry.parse_params(None, "async.protocol"))
 
 
 @dataclass(frozen=True, order=True)
@@ -85,10 +118,12 @@ def lognormal_speeds(n: int, sigma: float, seed: int) -> list[float]:
     return np.exp(numpy_rng(seed, ASYNC_SCHEDULE, 0).normal(0.0, sigma, n)).tolist()
 
 
-def schedule(graph: nx.Graph, timing: Timing, protocol: str, seed: int, until: float) -> Iterator[Event]:
-    """Every event with ``time < until``, in order (see the module docstring)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
+def schedule(graph: nx.Graph, timing: Timing, protocol: Protocol, seed: int, until: float) -> Iterator[Event]:
+    """Every event with ``time < until``, in order (see the module docstring).
+
+    An exchange's answer is yielded right after the send it answers: a ``SEND`` from the receiver
+    back to the sender, with the receiver's newest finished iteration (``started[j]``, its latest wake,
+    tells which: that wake's iteration if it is done by now, else the one before)."""
     n = graph.number_of_nodes()
     if len(timing.speeds) != n or any(not s > 0 for s in timing.speeds):
         raise ValueError(f"speeds must be {n} positive numbers, got {list(timing.speeds)[:5]}...")
@@ -97,6 +132,7 @@ def schedule(graph: nx.Graph, timing: Timing, protocol: str, seed: int, until: f
     queue: list[tuple[float, int, int, int, int]] = [(timing.online_from(i, 0.0), WAKE, i, -1, 0) for i in range(n)]
     heapq.heapify(queue)
     transit = timing.transit()
+    started = [(-math.inf, -1)] * n  # each node's latest wake: (time, iteration)
     while queue:
         t, kind, i, peer, k = heapq.heappop(queue)
         if t >= until:
@@ -105,18 +141,22 @@ def schedule(graph: nx.Graph, timing: Timing, protocol: str, seed: int, until: f
             continue  # lost: its receiver is offline
         yield Event(t, kind, i, peer, k)
         if kind == WAKE:
+            started[i] = (t, k)
             done = t + 1.0 / timing.speeds[i]
-            for j in _targets(neighbours[i], protocol, seed, i, k):
+            for j in _targets(protocol, neighbours[i], seed, i, k):
                 heapq.heappush(queue, (done, SEND, i, j, k))
             heapq.heappush(queue, (timing.online_from(i, done), WAKE, i, -1, k + 1))
         elif kind == SEND:
             heapq.heappush(queue, (t + transit, ARRIVE, peer, i, k))
+            if protocol.exchange and timing.is_online(peer, t):
+                began, m = started[peer]
+                m = m if began + 1.0 / timing.speeds[peer] <= t else m - 1
+                if m >= 0:
+                    yield Event(t, SEND, peer, i, m)
+                    heapq.heappush(queue, (t + transit, ARRIVE, i, peer, m))
 
 
-def _targets(neighbours: list[int], protocol: str, seed: int, node: int, iteration: int) -> list[int]:
+def _targets(protocol: Protocol, neighbours: list[int], seed: int, node: int, iteration: int) -> list[int]:
     if not neighbours:
         return []
-    if protocol == "push_all":
-        return neighbours
-    pick = numpy_rng(seed, ASYNC_SCHEDULE, 1, node, iteration).integers(len(neighbours))
-    return [neighbours[int(pick)]]
+    return protocol.targets(neighbours, lambda: numpy_rng(seed, ASYNC_SCHEDULE, 1, node, iteration))

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import pytest
+import torch
 
 from dfl import api
 from dfl.cli import main
@@ -15,6 +17,7 @@ from dfl.experiment import parse_config
 from dfl.federation import Federation
 from dfl.federation.asynchronous import AsyncRounds
 from dfl.federation.population import Population
+from dfl.mixing import adjacency_matrix, consensus_distance, metropolis_hastings_matrix
 from dfl.rundir import RunDir
 
 
@@ -53,9 +56,10 @@ def test_a_straggler_shows_in_the_records(tiny: dict[str, Any]) -> None:
     assert sum(r["received"] for r in train if r["node"] in (1, 3)) == 2 * 5
 
 
-def test_async_reruns_and_resumes_byte_identically(tiny: dict[str, Any], write_cfg, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["push_one", "pairwise"])
+def test_async_reruns_and_resumes_byte_identically(tiny: dict[str, Any], write_cfg, tmp_path: Path, protocol: str) -> None:
     tiny.update(rounds=4, mode="async", eval={"every": 2},
-                **{"async": {"protocol": "push_one", "speed_sigma": 0.5, "latency": 0.3, "bandwidth": 4000.0,
+                **{"async": {"protocol": protocol, "speed_sigma": 0.5, "latency": 0.3, "bandwidth": 4000.0,
                              "churn": [{"node": 2, "start": 1.5, "end": 2.5}]}})
     tiny["attacks"] = [{"name": "loss", "access": "params", "every": 2}]
     tiny["data"]["auxiliary_fraction"] = 0.2
@@ -87,6 +91,54 @@ def test_the_batched_engine_plays_the_schedule_as_the_serial_engine_does(tiny: d
             assert b["lag_max"] == s["lag_max"] and b["received"] == s["received"]
         if b["kind"] == "eval":
             assert b["test_acc"] == pytest.approx(s["test_acc"], abs=0.02)
+
+
+@pytest.mark.parametrize("engine", ["serial", "batched"])
+def test_pairwise_averaging_of_two_nodes_in_lockstep_is_the_synchronous_average(tiny: dict[str, Any], engine: str) -> None:
+    """Two nodes, equal speeds, no latency: each iteration both ask and answer, and each mixes
+    ``(x_0 + x_1) / 2``, which synchronous gossip with the neighbourhood mean computes too (to the bit)."""
+    tiny.update(nodes=2, attackers=[], topology={"name": "fully_connected"}, engine={"name": engine})
+    sync = records(tiny)
+    pairwise = records({**tiny, "mode": "async", "async": {"protocol": "pairwise"},
+                        "aggregator": {"name": "metropolis_hastings"}})  # not used by pairwise: its weights are 1/2
+    assert [(r["node"], r["loss"]) for r in sync if r["kind"] == "train"] == \
+        [(r["node"], r["loss"]) for r in pairwise if r["kind"] == "train"]
+    train = [r for r in pairwise if r["kind"] == "train"]
+    assert all(r["sent"] == r["received"] == 2 and r["mixed"] == (0 if r["round"] == 1 else 1) for r in train)
+
+
+class StillEngine:
+    """Nodes that never change by training: only the protocol's mixing moves their states."""
+
+    def __init__(self, states: torch.Tensor) -> None:
+        self.states = states.clone()
+
+    def node_states(self, ids: list[int]) -> torch.Tensor:
+        return self.states[ids].clone()
+
+    def set_node_states(self, ids: list[int], states: torch.Tensor) -> None:
+        self.states[ids] = states
+
+    def train_nodes(self, ids: list[int], iterations: list[int]) -> list[dict[str, float]]:
+        return [{"loss": 0.0, "steps": 0.0} for _ in ids]
+
+
+@pytest.mark.parametrize("protocol", ["pairwise", "push_one", "push_all"])
+def test_gossip_alone_reaches_consensus_under_every_protocol(tiny: dict[str, Any], protocol: str) -> None:
+    """Uneven speeds, latency, random starting states, no training: exchanges keep pulling the nodes
+    together, and pairwise averaging (doubly stochastic in each exchange) keeps them near the start's mean."""
+    tiny.update(nodes=6, mode="async", aggregator={"name": "metropolis_hastings"},
+                **{"async": {"protocol": protocol, "speed_sigma": 0.5, "latency": 0.05}})
+    cfg = parse_config(tiny)
+    graph = nx.cycle_graph(6)
+    start = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    engine = StillEngine(start)
+    rounds = AsyncRounds(cfg, engine, graph, metropolis_hastings_matrix(adjacency_matrix(graph)), 5)  # type: ignore[arg-type]
+    for r in range(40):
+        rounds.play(r)
+    assert consensus_distance(engine.states) < 1e-2 * consensus_distance(start)
+    if protocol == "pairwise":
+        assert torch.allclose(engine.states.mean(0), start.mean(0), atol=0.3)
 
 
 @pytest.mark.parametrize("engine", ["serial", "batched"])
@@ -124,6 +176,7 @@ def test_waves_give_the_records_of_one_wake_at_a_time(tiny: dict[str, Any], monk
     ({"topology": {"name": "ring", "link_failure": 0.1}}, "one fixed graph"),
     ({"async": {"churn": [{"node": 9, "start": 0, "end": 1}]}}, "async.churn.0.node"),
     ({"async": {"speeds": {1: 0.0}}}, "must be positive"),
+    ({"async": {"protocol": "flood"}}, "async.protocol: unknown protocol 'flood'; known protocols: pairwise, push_all, push_one"),
     ({"async": {"churn": [{"node": 1, "start": 2, "end": 1}]}}, "must come after start"),
 ])
 def test_bad_async_configs_exit_2(tiny: dict[str, Any], write_cfg, capsys, patch: dict[str, Any], needle: str) -> None:

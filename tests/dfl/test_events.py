@@ -7,11 +7,13 @@ import math
 import networkx as nx
 import pytest
 
-from dfl.federation.events import ARRIVE, SEND, WAKE, Timing, lognormal_speeds, schedule
+import topologies  # noqa: F401  (registers the built-in protocols)
+from dfl.errors import ConfigError
+from dfl.federation.events import ARRIVE, SEND, WAKE, Timing, lognormal_speeds, make_protocol, schedule
 
 
 def events(graph: nx.Graph, timing: Timing, protocol: str = "push_all", seed: int = 0, until: float = 3.5):
-    return list(schedule(graph, timing, protocol, seed, until))
+    return list(schedule(graph, timing, make_protocol(protocol), seed, until))
 
 
 def test_equal_speeds_no_latency_and_push_all_is_the_synchronous_round() -> None:
@@ -67,8 +69,35 @@ def test_push_one_picks_one_neighbour_per_iteration_from_the_seed() -> None:
     assert len(set(lognormal_speeds(5, 0.5, 0))) == 5 and lognormal_speeds(5, 0.5, 0) == lognormal_speeds(5, 0.5, 0)
 
 
+def test_pairwise_sends_are_answered_by_the_partners_newest_finished_state() -> None:
+    speeds = [1.0, 0.4, 2.5, 1.0]
+    evs = events(nx.cycle_graph(4), Timing(speeds=speeds, latency=0.1, offline={3: [(1.5, 2.5)]}), "pairwise",
+                 seed=1, until=6)
+    sends = [e for e in evs if e.kind == SEND]
+    wakes = [e for e in evs if e.kind == WAKE]
+    asks, answers, at = [], [], 0
+    while at < len(sends):  # an answer comes right after the send it answers, back over the same link
+        ask = sends[at]
+        asks.append(ask)
+        nxt = sends[at + 1] if at + 1 < len(sends) else None
+        answered = nxt is not None and nxt.time == ask.time and (nxt.node, nxt.peer) == (ask.peer, ask.node)
+        if answered:
+            answers.append(nxt)
+        at += 2 if answered else 1
+    for b in answers:  # the partner's last iteration finished by then, never one it is still training
+        finished = [w.iteration for w in wakes if w.node == b.node and w.time + 1 / speeds[b.node] <= b.time]
+        assert b.iteration == max(finished)
+    assert answers and len(answers) < len(asks)  # node 1 is slow and node 3 away: some asks find no answer
+    for i in range(4):  # one ask per finished iteration
+        mine = [e.iteration for e in asks if e.node == i]
+        assert mine == list(range(len(mine)))
+    arrivals = [e for e in evs if e.kind == ARRIVE]
+    assert all(any(s.time == pytest.approx(e.time - 0.1) and (s.node, s.peer, s.iteration) == (e.peer, e.node, e.iteration)
+                   for s in sends) for e in arrivals)
+
+
 def test_bad_schedules_are_refused() -> None:
-    with pytest.raises(ValueError, match="unknown protocol 'flood'"):
+    with pytest.raises(ConfigError, match="unknown protocol 'flood'"):
         events(nx.path_graph(2), Timing(speeds=[1.0, 1.0]), "flood")
     with pytest.raises(ValueError, match="2 positive numbers"):
         events(nx.path_graph(2), Timing(speeds=[1.0, 0.0]))
