@@ -206,6 +206,9 @@ class AsyncConfig(Strict):
     speeds: dict[int, float] = Field(default_factory=dict, description="node -> speed, replacing the drawn one (e.g. a straggler {0: 0.1})")
     latency: float = Field(0.0, ge=0.0, description="time a message takes beyond size / bandwidth")
     bandwidth: float | None = Field(None, gt=0.0, description="bytes per time unit of every link (default: unlimited)")
+    latencies: dict[int, float] = Field(default_factory=dict, description="node -> latency of the messages it sends, replacing latency")
+    bandwidths: dict[int, float] = Field(default_factory=dict, description="node -> bandwidth of the messages it sends, replacing bandwidth")
+    trace: str | None = Field(None, description="CSV with a header: node and any of speed, latency, bandwidth; read when the config is parsed into speeds, latencies and bandwidths (entries given here win), then cleared")
     churn: list[ChurnSpec] = Field(default_factory=list, description="offline intervals")
 
 

@@ -10,6 +10,7 @@ itself: every registry entry may carry ``config_errors``, asked here.
 from __future__ import annotations
 
 import copy
+import csv
 import math
 import re
 from pathlib import Path
@@ -155,7 +156,7 @@ def parse_config(raw: dict[str, Any], overrides: list[str] = (), source: str | N
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(pydantic_errors(exc), source=source) from None
-    errors = place_attackers(cfg) + resolve_plugins(cfg) + cross_checks(cfg)
+    errors = place_attackers(cfg) + read_trace(cfg) + resolve_plugins(cfg) + cross_checks(cfg)
     if errors:
         raise ConfigError(errors, source=source)
     return cfg
@@ -175,6 +176,53 @@ def place_attackers(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         return [("attackers", f"a count of {k} attackers needs 0 <= count < nodes={cfg.nodes}; lower it or list node ids")]
     rng = np.random.default_rng([cfg.seed, ATTACKER_PLACEMENT])
     cfg.attackers = sorted(int(i) for i in rng.choice(cfg.nodes, size=k, replace=False))
+    return []
+
+
+TRACE_COLUMNS = {"speed": "speeds", "latency": "latencies", "bandwidth": "bandwidths"}
+TRACE_BOUNDS = {"speed": "positive (iterations per time unit)", "latency": ">= 0", "bandwidth": "positive (bytes per time unit)"}
+
+
+def read_trace(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """``async.trace``: a CSV file with a header, ``node`` and any of ``speed``, ``latency`` and
+    ``bandwidth`` (an empty cell: not given), read into ``async.speeds``, ``latencies`` and
+    ``bandwidths``; entries the config gives itself win. ``trace`` is then cleared, so the run
+    directory's config holds the values it ran with and a resume does not read the file again."""
+    a = cfg.async_
+    if a.trace is None:
+        return []
+    path = Path(a.trace).expanduser()
+
+    def error(text: str) -> list[tuple[str, str]]:
+        return [("async.trace", f"{a.trace!r}: {text}")]
+
+    try:
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return error(f"cannot read it ({exc}); give a CSV file with a header: node,speed,latency,bandwidth")
+    columns = list(rows[0]) if rows else []
+    unknown = [c for c in columns if c != "node" and c not in TRACE_COLUMNS]
+    if "node" not in columns or unknown:
+        return error(f"columns {columns} must be node and any of {', '.join(TRACE_COLUMNS)}"
+                     + (f" (unknown: {', '.join(map(str, unknown))})" if unknown else ""))
+    read: dict[str, dict[int, float]] = {field: {} for field in TRACE_COLUMNS.values()}
+    for line, row in enumerate(rows, start=2):
+        try:
+            node = int(row["node"])
+            values = {c: float(v) for c, v in row.items() if c != "node" and v not in ("", None)}
+        except (TypeError, ValueError):
+            return error(f"line {line} {dict(row)} is not numbers; give node ids and numbers")
+        if not 0 <= node < cfg.nodes:
+            return error(f"line {line}: node id {node} is out of range; ids run from 0 to {cfg.nodes - 1}")
+        if node in read["speeds"] or node in read["latencies"] or node in read["bandwidths"]:
+            return error(f"line {line}: node {node} appears twice; give each node one line")
+        for column, value in values.items():
+            if not (value >= 0 if column == "latency" else value > 0) or not math.isfinite(value):
+                return error(f"line {line}: {column} {value} must be {TRACE_BOUNDS[column]} and finite")
+            read[TRACE_COLUMNS[column]][node] = value
+    for field, values in read.items():
+        setattr(a, field, {**values, **getattr(a, field)})
+    a.trace = None
     return []
 
 
@@ -255,11 +303,12 @@ def async_errors(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     for i, c in enumerate(cfg.async_.churn):
         if c.node >= cfg.nodes:
             errors.append((f"async.churn.{i}.node", f"node id {c.node} is out of range; ids run from 0 to {cfg.nodes - 1}"))
-    for node, speed in cfg.async_.speeds.items():
-        if not 0 <= node < cfg.nodes:
-            errors.append(("async.speeds", f"node id {node} is out of range; ids run from 0 to {cfg.nodes - 1}"))
-        if not speed > 0:
-            errors.append((f"async.speeds.{node}", f"speed {speed} must be positive (iterations per time unit)"))
+    for field, column in (("speeds", "speed"), ("latencies", "latency"), ("bandwidths", "bandwidth")):
+        for node, value in getattr(cfg.async_, field).items():
+            if not 0 <= node < cfg.nodes:
+                errors.append((f"async.{field}", f"node id {node} is out of range; ids run from 0 to {cfg.nodes - 1}"))
+            if not (value >= 0 if field == "latencies" else value > 0) or not math.isfinite(value):
+                errors.append((f"async.{field}.{node}", f"{column} {value} must be {TRACE_BOUNDS[column]} and finite"))
     return errors
 
 

@@ -65,7 +65,7 @@ class _Wake:
 
 
 def timing(cfg: ExperimentConfig, n_state: int) -> Timing:
-    """The :class:`Timing` of ``cfg.async``: speeds (drawn and overridden), links and churn."""
+    """The :class:`Timing` of ``cfg.async``: speeds (drawn and overridden), links (per node where given) and churn."""
     a = cfg.async_
     base = lognormal_speeds(cfg.nodes, a.speed_sigma, cfg.seed) if a.speed_sigma > 0 else [1.0] * cfg.nodes
     speeds = [a.speeds.get(i, a.speed * s) for i, s in enumerate(base)]
@@ -73,7 +73,8 @@ def timing(cfg: ExperimentConfig, n_state: int) -> Timing:
     for c in a.churn:
         offline.setdefault(c.node, []).append((c.start, c.end))
     return Timing(speeds=speeds, latency=a.latency, bandwidth=a.bandwidth if a.bandwidth else math.inf,
-                  message_bytes=4 * n_state, offline={k: sorted(v) for k, v in offline.items()})
+                  message_bytes=4 * n_state, offline={k: sorted(v) for k, v in offline.items()},
+                  latencies=dict(a.latencies), bandwidths=dict(a.bandwidths))
 
 
 def _closes(event: Event, end: float) -> bool:
@@ -153,7 +154,7 @@ class AsyncRounds:
             stats[i]["sent"] += 1
         elif event.kind == ARRIVE:
             times = self.in_flight[i][(event.peer, k)]
-            message = (times.pop(0), k)  # a constant transit time: arrivals come in the order of their sends
+            message = (times.pop(0), k)  # a sender's messages all take the same time: FIFO
             if not times:
                 del self.in_flight[i][(event.peer, k)]
             held = self.inbox[i].get(event.peer)

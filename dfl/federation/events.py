@@ -7,7 +7,9 @@ the times is a model, not the training:
 
 * **compute**: iteration ``k`` of node ``i`` takes ``1 / speed_i`` time units (``speed``: a constant,
   one speed per node drawn from a log-normal with the run's seed, or speeds given per node);
-* **links**: a message sent at ``t`` over a link arrives at ``t + latency + size / bandwidth``;
+* **links**: a message sent at ``t`` by node ``i`` arrives at ``t + latency_i + size / bandwidth_i`` (each
+  node's values, by default the same for all: a node's access link decides, the receiver's is taken as
+  unlimited);
 * **churn**: a node is offline in given intervals ``[start, end)``: it does not wake then (an
   iteration under way finishes and sends; the next one starts at ``end``), and messages that arrive
   while it is offline are lost;
@@ -90,17 +92,22 @@ class Event:
 @dataclass(frozen=True)
 class Timing:
     """What decides the times (see the module docstring). ``speeds``: per node, iterations per time
-    unit; ``latency`` and ``bandwidth`` per message (bandwidth ``inf``: size costs nothing);
-    ``offline``: per node, sorted ``(start, end)`` intervals."""
+    unit; ``latency`` and ``bandwidth`` per message (bandwidth ``inf``: size costs nothing), replaced
+    for the messages of the nodes in ``latencies`` and ``bandwidths``; ``offline``: per node, sorted
+    ``(start, end)`` intervals."""
 
     speeds: Sequence[float]
     latency: float = 0.0
     bandwidth: float = math.inf
     message_bytes: int = 0
     offline: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    latencies: dict[int, float] = field(default_factory=dict)
+    bandwidths: dict[int, float] = field(default_factory=dict)
 
-    def transit(self) -> float:
-        return self.latency + (0.0 if math.isinf(self.bandwidth) else self.message_bytes / self.bandwidth)
+    def transit(self, sender: int) -> float:
+        """How long a message of ``sender`` takes."""
+        bandwidth = self.bandwidths.get(sender, self.bandwidth)
+        return self.latencies.get(sender, self.latency) + (0.0 if math.isinf(bandwidth) else self.message_bytes / bandwidth)
 
     def online_from(self, node: int, t: float) -> float:
         """The first instant at or after ``t`` when ``node`` is online."""
@@ -131,7 +138,7 @@ def schedule(graph: nx.Graph, timing: Timing, protocol: Protocol, seed: int, unt
     # the queue holds plain tuples in Event's field order: they compare as the events would, faster
     queue: list[tuple[float, int, int, int, int]] = [(timing.online_from(i, 0.0), WAKE, i, -1, 0) for i in range(n)]
     heapq.heapify(queue)
-    transit = timing.transit()
+    transit = [timing.transit(i) for i in range(n)]
     started = [(-math.inf, -1)] * n  # each node's latest wake: (time, iteration)
     while queue:
         t, kind, i, peer, k = heapq.heappop(queue)
@@ -147,13 +154,13 @@ def schedule(graph: nx.Graph, timing: Timing, protocol: Protocol, seed: int, unt
                 heapq.heappush(queue, (done, SEND, i, j, k))
             heapq.heappush(queue, (timing.online_from(i, done), WAKE, i, -1, k + 1))
         elif kind == SEND:
-            heapq.heappush(queue, (t + transit, ARRIVE, peer, i, k))
+            heapq.heappush(queue, (t + transit[i], ARRIVE, peer, i, k))
             if protocol.exchange and timing.is_online(peer, t):
                 began, m = started[peer]
                 m = m if began + 1.0 / timing.speeds[peer] <= t else m - 1
                 if m >= 0:
                     yield Event(t, SEND, peer, i, m)
-                    heapq.heappush(queue, (t + transit, ARRIVE, i, peer, m))
+                    heapq.heappush(queue, (t + transit[peer], ARRIVE, i, peer, m))
 
 
 def _targets(protocol: Protocol, neighbours: list[int], seed: int, node: int, iteration: int) -> list[int]:

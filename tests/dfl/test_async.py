@@ -170,12 +170,53 @@ def test_waves_give_the_records_of_one_wake_at_a_time(tiny: dict[str, Any], monk
     assert records(tiny) == grouped
 
 
+def test_a_trace_file_sets_speeds_and_links_and_is_kept_in_the_config(tiny: dict[str, Any], tmp_path: Path) -> None:
+    trace = tmp_path / "devices.csv"
+    trace.write_text("node,speed,latency,bandwidth\n0,0.1,,\n2,2.0,0.5,1000\n3,,0.25,\n")
+    tiny.update(mode="async", attackers=[], **{"async": {"trace": str(trace), "speeds": {3: 0.5}}})
+    cfg = parse_config(tiny)
+    a = cfg.async_
+    assert a.trace is None and a.speeds == {0: 0.1, 2: 2.0, 3: 0.5}  # the config's own entry wins
+    assert a.latencies == {2: 0.5, 3: 0.25} and a.bandwidths == {2: 1000.0}
+    assert parse_config(cfg.model_dump(mode="json")) == cfg  # the saved config reads back without the file
+    trace.unlink()
+    by_trace = records(cfg.model_dump(mode="json"))
+    by_config = records({**tiny, "async": {"speeds": {0: 0.1, 2: 2.0, 3: 0.5}, "latencies": {2: 0.5, 3: 0.25},
+                                           "bandwidths": {2: 1000.0}}})
+    assert by_trace == by_config
+    # node 2's messages are 4 * n_state bytes over 1000 bytes per time unit after 0.5: late by more than a round
+    assert next(r for r in by_trace if r["kind"] == "train" and r["node"] == 2)["sent"] == 4
+    assert all(r["received"] == 0 for r in by_trace if r["kind"] == "train" and r["node"] in (1, 3) and r["round"] <= 2)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    (None, "cannot read it"),
+    ("node,speed,colour\n0,1,red\n", "unknown: colour"),
+    ("speed\n1\n", "must be node and any of speed, latency, bandwidth"),
+    ("node,speed\n7,1\n", "line 2: node id 7 is out of range"),
+    ("node,speed\n0,1\n0,2\n", "line 3: node 0 appears twice"),
+    ("node,speed\n1,-2\n", "line 2: speed -2.0 must be positive"),
+    ("node,latency\n1,x\n", "line 2 {'node': '1', 'latency': 'x'} is not numbers"),
+])
+def test_bad_trace_files_exit_2(tiny: dict[str, Any], write_cfg, tmp_path: Path, capsys, text: str | None,
+                                needle: str) -> None:
+    trace = tmp_path / "trace.csv"
+    if text is not None:
+        trace.write_text(text)
+    tiny.update(mode="async", **{"async": {"trace": str(trace)}})
+    assert main(["validate", str(write_cfg(tiny))]) == 2
+    err = capsys.readouterr().err
+    assert "async.trace" in err and needle in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize(("patch", "needle"), [
     ({"engine": {"name": "ray"}}, "mode: async runs on the serial and batched engines"),
     ({"engine": {"name": "batched"}, "defenses": [{"name": "mixup"}]}, "no training-time defense yet"),
     ({"topology": {"name": "ring", "link_failure": 0.1}}, "one fixed graph"),
     ({"async": {"churn": [{"node": 9, "start": 0, "end": 1}]}}, "async.churn.0.node"),
     ({"async": {"speeds": {1: 0.0}}}, "must be positive"),
+    ({"async": {"latencies": {1: -1.0}}}, "async.latencies.1: latency -1.0 must be >= 0"),
+    ({"async": {"bandwidths": {4: 10.0}}}, "async.bandwidths: node id 4 is out of range"),
     ({"async": {"protocol": "flood"}}, "async.protocol: unknown protocol 'flood'; known protocols: pairwise, push_all, push_one"),
     ({"async": {"churn": [{"node": 1, "start": 2, "end": 1}]}}, "must come after start"),
 ])

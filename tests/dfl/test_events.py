@@ -46,7 +46,14 @@ def test_messages_take_latency_plus_size_over_bandwidth() -> None:
     sends = [e for e in evs if e.kind == SEND]
     arrivals = {(e.node, e.peer, e.iteration): e.time for e in evs if e.kind == ARRIVE}
     assert sends and all(arrivals[(s.peer, s.node, s.iteration)] == s.time + 0.75 for s in sends if s.time + 0.75 < 2)
-    assert math.isinf(Timing(speeds=[1.0]).bandwidth) and Timing(speeds=[1.0], message_bytes=10**9).transit() == 0.0
+    assert math.isinf(Timing(speeds=[1.0]).bandwidth) and Timing(speeds=[1.0], message_bytes=10**9).transit(0) == 0.0
+    own = Timing(speeds=[1.0, 1.0], latency=0.25, bandwidth=1000.0, message_bytes=500, latencies={1: 1.0},
+                 bandwidths={1: 250.0})  # node 1's messages: 1.0 + 500 / 250
+    evs = events(nx.path_graph(2), own, until=6)
+    arrivals = {(e.node, e.peer, e.iteration): e.time for e in evs if e.kind == ARRIVE}
+    sends = [e for e in evs if e.kind == SEND]
+    assert all(arrivals[(s.peer, s.node, s.iteration)] == s.time + (3.0 if s.node == 1 else 0.75)
+               for s in sends if s.time + 3.0 < 6)
 
 
 def test_an_offline_node_sleeps_and_loses_what_arrives_meanwhile() -> None:
