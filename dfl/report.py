@@ -46,6 +46,13 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
         agg["generalization_gap"] = agg["mean_train_acc"] - agg["mean_holdout_acc"]
     if rounds:
         agg["consensus_distance"] = rounds[-1]["consensus_distance"]
+    if cfg.mode == "async" and rounds:  # the whole run's messages and their age when mixed
+        train = [r for r in records if r["kind"] == "train"]
+        mixed = sum(r["mixed"] for r in train)
+        agg["time"] = rounds[-1]["time"]
+        agg["messages"] = float(sum(r["messages"] for r in rounds))
+        agg["staleness_mean"] = sum(r["staleness_mean"] * r["mixed"] for r in train) / mixed if mixed else 0.0
+        agg["staleness_max"] = max(r["staleness_max"] for r in train)
     per_node = [
         {"node": r["node"], "role": "attacker" if r["node"] in attackers else "honest",
          "train_samples": int(counts[r["node"]]), **{k: r[k] for k in keys}}
@@ -56,6 +63,7 @@ def summarize(cfg: ExperimentConfig, records: list[Record], counts: np.ndarray) 
         "inversion": inversion_summary(records),
         **dp_audit_summary(records),
         "name": cfg.name,
+        "mode": cfg.mode,
         "seed": cfg.seed,
         "rounds": cfg.rounds,
         "nodes": cfg.nodes,
@@ -178,6 +186,8 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
 
     made = []
     attackers = set(cfg.attacker_ids)
+    # mode: async plots against simulated time: round r ends at r * interval
+    scale, xlabel = (cfg.async_.interval, "simulated time") if cfg.mode == "async" else (1.0, "round")
     evals = [r for r in records if r["kind"] == "eval"]
     metric = "test_acc" if evals and "test_acc" in evals[0] else next(
         (k for k in (evals[0] if evals else {}) if k.endswith("_acc")), None)
@@ -185,8 +195,8 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
         fig, ax = plt.subplots(figsize=(7, 4.2))
         by_node: dict[int, list[tuple[int, float]]] = {}
         for r in evals:
-            by_node.setdefault(r["node"], []).append((r["round"], r[metric]))
-        rounds = sorted({r["round"] for r in evals})
+            by_node.setdefault(r["node"], []).append((r["round"] * scale, r[metric]))
+        rounds = sorted({r["round"] * scale for r in evals})
         if cfg.nodes <= 50:
             for node, pts in sorted(by_node.items()):
                 xs, ys = zip(*pts, strict=True)
@@ -199,7 +209,7 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
             ax.fill_between(rounds, arr.min(0), arr.max(0), alpha=0.25, label="min-max over nodes")
             ax.plot(rounds, arr.mean(0), lw=2, label="mean over nodes")
             ax.legend(fontsize=8)
-        ax.set_xlabel("round")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(metric.replace("_", " "))
         ax.set_title(f"{cfg.name}: {metric.replace('_', ' ')} per node ({cfg.topology.name}, {cfg.nodes} nodes)")
         ax.grid(alpha=0.3)
@@ -211,8 +221,8 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
     rounds_rec = [r for r in records if r["kind"] == "round"]
     if rounds_rec:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([r["round"] for r in rounds_rec], [r["consensus_distance"] for r in rounds_rec], marker="o", ms=3)
-        ax.set_xlabel("round")
+        ax.plot([r["round"] * scale for r in rounds_rec], [r["consensus_distance"] for r in rounds_rec], marker="o", ms=3)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("consensus distance")
         ax.set_yscale("log" if min(r["consensus_distance"] for r in rounds_rec) > 0 else "linear")
         ax.grid(alpha=0.3)
@@ -220,6 +230,9 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
         fig.savefig(out / "plots" / "consensus.png", dpi=110)
         plt.close(fig)
         made.append("plots/consensus.png")
+
+    if cfg.mode == "async" and rounds_rec:
+        made.append(_staleness_plot(out, records, scale))
 
     mia = [r for r in records if r["kind"] == "mia"]
     if mia:
@@ -262,6 +275,33 @@ def write_plots(out: Path, cfg: ExperimentConfig, records: list[Record], graph: 
     return made
 
 
+def _staleness_plot(out: Path, records: list[Record], scale: float) -> str:
+    """``mode: async``: per interval, the mean and largest age of the mixed messages over the nodes
+    (simulated time), and the messages delivered."""
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r["kind"] == "train"]
+    rounds = sorted({r["round"] for r in train})
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    xs = [r * scale for r in rounds]
+    mixing = {r: [t for t in train if t["round"] == r and t["mixed"]] for r in rounds}
+    ax.plot(xs, [float(np.mean([t["staleness_mean"] for t in mixing[r]])) if mixing[r] else np.nan for r in rounds],
+            marker="o", ms=3, label="mean over mixing nodes")
+    ax.plot(xs, [max((t["staleness_max"] for t in mixing[r]), default=np.nan) for r in rounds], marker="^", ms=3,
+            label="largest")
+    ax.set_ylabel("age of mixed messages")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    bx.bar(xs, [sum(t["received"] for t in train if t["round"] == r) for r in rounds], width=0.8 * scale)
+    bx.set_ylabel("messages delivered")
+    bx.set_xlabel("simulated time")
+    bx.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "staleness.png", dpi=110)
+    plt.close(fig)
+    return "plots/staleness.png"
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else "n/a" if v is None else str(v)
 
@@ -293,6 +333,12 @@ def write_report(out: Path, cfg: ExperimentConfig, summary: dict[str, Any], plot
     if "generalization_gap" in f:
         lines += ["", f"Generalisation gap (train - holdout accuracy): {f['generalization_gap']:.4f}. "
                   f"Consensus distance: {f.get('consensus_distance', float('nan')):.4g}."]
+    if cfg.mode == "async" and "time" in f:
+        a = cfg.async_
+        lines += ["", f"Asynchronous gossip (`{a.protocol}`): {cfg.rounds} intervals of {a.interval:g} simulated "
+                  f"time, {f['time']:g} in all; {f['messages']:.0f} messages delivered, mixed at a mean age of "
+                  f"{f['staleness_mean']:.4g} (largest {f['staleness_max']:.4g}); per node and interval in the "
+                  "`train` records (`iterations`, `sent`, `received`, `staleness_*`, `lag_*`)."]
     per = summary["per_node"]
     if per and len(per) <= 50:
         keys = list(per[0])

@@ -63,7 +63,7 @@ CONTEXT_FIELDS = ("round", "attacker", "node", "attack", "access", "view", "auc"
                   "attacker_closeness", "victim_closeness")
 
 COMPARE_METRICS = ("mean_test_acc", "min_test_acc", "mean_train_acc", "mean_holdout_acc", "generalization_gap",
-                   "consensus_distance")
+                   "consensus_distance", "time", "messages", "staleness_mean")  # the last three: mode: async
 
 
 def compare(
@@ -102,7 +102,7 @@ def compare(
     make_dir(out / "plots", "--out" if out_dir is not None else "output.dir")
     results = run_all(specs, out_dir=out / "runs", jobs=jobs, on_run=on_run)
     rows: list[dict[str, Any]] = []
-    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    curves: dict[str, list[list[tuple[float, float]]]] = {}
     points: list[dict[str, Any]] = []  # every membership record's AUC beside its graph context
     for c, (label, values, cfgs) in enumerate(cells):
         finals: list[dict[str, float]] = []
@@ -110,8 +110,9 @@ def compare(
             finals.append({**res.summary["final"], **{f"mia_{k}": v for k, v in res.summary.get("mia", {}).items()},
                            **{f"gi_{k}": v for k, v in res.summary.get("inversion", {}).items()}})
             recs = RunDir(res.run_dir).records()
-            curves.setdefault(label, []).append(
-                [(r["round"], r["mean_test_acc"]) for r in recs if r["kind"] == "round" and "mean_test_acc" in r])
+            curves.setdefault(label, []).append(  # against simulated time: a synchronous round is one unit
+                [(r.get("time", r["round"]), r["mean_test_acc"]) for r in recs
+                 if r["kind"] == "round" and "mean_test_acc" in r])
             points += [{"cell": label, "seed": res.summary["seed"], **{k: r.get(k) for k in CONTEXT_FIELDS}}
                        for r in recs if r["kind"] == "mia"]
         row: dict[str, Any] = {**values, "seeds": len(cfgs)}
@@ -123,14 +124,15 @@ def compare(
                 row[m] = float(np.mean(vals))
                 row[f"{m}_std"] = float(np.std(vals))
         rows.append(row)
-    _write_comparison(out, axes, rows, curves)
+    timed = any(res.summary.get("mode") == "async" for res in results)
+    _write_comparison(out, axes, rows, curves, "simulated time (a synchronous round: 1 unit)" if timed else "round")
     if points:
         _write_context(out, points)
     return CompareResult(out, rows, results)
 
 
 def _write_comparison(out: Path, axes: list[tuple[str, list[Any]]], rows: list[dict[str, Any]],
-                      curves: dict[str, list[list[tuple[int, float]]]]) -> None:
+                      curves: dict[str, list[list[tuple[float, float]]]], xlabel: str = "round") -> None:
 
     # here, not at the top: matplotlib costs about 0.7 s of start-up, and only the plots need it
     import matplotlib
@@ -147,11 +149,11 @@ def _write_comparison(out: Path, axes: list[tuple[str, list[Any]]], rows: list[d
         w.writeheader()
         w.writerows(rows)
     keys = [k for k, _ in axes]
-    metrics = [m for m in rows[0] if not m.endswith("_std") and (m in COMPARE_METRICS or is_headline_mia(m))]
+    metrics = [m for m in fields if not m.endswith("_std") and (m in COMPARE_METRICS or is_headline_mia(m))]
     lines = ["# Comparison", "", f"Mean ± std over {rows[0]['seeds']} seed(s) of each run's final metrics.", "",
              "| " + " | ".join(keys + metrics) + " |", "|" + "---|" * (len(keys) + len(metrics))]
     for r in rows:
-        cells = [str(r[k]) for k in keys] + [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" for m in metrics]
+        cells = [str(r[k]) for k in keys] + [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if m in r else "–" for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![mean test accuracy per round](plots/accuracy.png)", ""]
     (out / "comparison.md").write_text("\n".join(lines))
@@ -165,7 +167,7 @@ def _write_comparison(out: Path, axes: list[tuple[str, list[Any]]], rows: list[d
         ax.plot(rounds, arr.mean(0), marker="o", ms=3, label=label)
         if len(runs) > 1:
             ax.fill_between(rounds, arr.mean(0) - arr.std(0), arr.mean(0) + arr.std(0), alpha=0.2)
-    ax.set_xlabel("round")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mean test accuracy over nodes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

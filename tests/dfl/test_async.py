@@ -189,6 +189,23 @@ def test_a_trace_file_sets_speeds_and_links_and_is_kept_in_the_config(tiny: dict
     assert all(r["received"] == 0 for r in by_trace if r["kind"] == "train" and r["node"] in (1, 3) and r["round"] <= 2)
 
 
+def test_compare_sets_sync_beside_async_against_simulated_time(tiny: dict[str, Any], write_cfg, tmp_path: Path) -> None:
+    tiny.update(attackers=[], output={"plots": True, "progress": False},
+                **{"async": {"speeds": {0: 0.25}, "latency": 0.5, "interval": 2.0}})
+    res = api.compare(write_cfg(tiny), ["mode=sync,async"], out_dir=tmp_path / "cmp")
+    sync, asyn = res.rows
+    assert (sync["mode"], asyn["mode"]) == ("sync", "async")
+    assert "time" not in sync and asyn["time"] == 6.0 and asyn["messages"] > 0 and asyn["staleness_mean"] > 0
+    table = (res.out_dir / "comparison.md").read_text()
+    assert "staleness_mean" in table and "–" in table  # the synchronous row has no messages' age
+    assert (res.out_dir / "plots" / "accuracy.png").stat().st_size > 0
+    asyn_run = res.runs[1].run_dir
+    assert (asyn_run / "plots" / "staleness.png").is_file() and not (res.runs[0].run_dir / "plots" / "staleness.png").exists()
+    summary = res.runs[1].summary
+    assert summary["mode"] == "async" and summary["final"]["staleness_max"] >= 0.5  # the latency at least
+    assert "Asynchronous gossip (`push_all`): 3 intervals of 2 simulated time, 6 in all" in (asyn_run / "report.md").read_text()
+
+
 @pytest.mark.parametrize(("text", "needle"), [
     (None, "cannot read it"),
     ("node,speed,colour\n0,1,red\n", "unknown: colour"),
