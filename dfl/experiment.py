@@ -281,12 +281,10 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
 
 
 def async_errors(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """What ``mode: async`` does not run (yet): other engines than serial, a server, a graph that changes."""
+    """What ``mode: async`` does not run (yet): training-time defenses on batched engines, a server, a
+    graph that changes; and node ids out of range in its per-node settings."""
     errors: list[tuple[str, str]] = []
-    if cfg.engine.name not in ("serial", "batched"):
-        errors.append(("engine.name", f"mode: async runs on the serial and batched engines, not {cfg.engine.name}; "
-                                      "set engine.name: serial or batched (or mode: sync)"))
-    if cfg.engine.name == "batched":
+    if cfg.engine.name == "batched" or (cfg.engine.name == "ray" and cfg.engine.ray.batched):
         for i, spec in enumerate(cfg.defenses):
             entry = DEFENSES.get(spec.name) if spec.name in DEFENSES else None
             if entry is not None and isinstance(entry.obj, type) and issubclass(entry.obj, TrainingDefense):

@@ -139,6 +139,39 @@ def test_killed_actor_is_restarted_from_the_last_checkpoint(local_ray, tiny, wri
     assert _metrics(disturbed.run_dir, drop_faults=True) == _metrics(undisturbed.run_dir)
 
 
+ASYNC = {"mode": "async", "async": {"protocol": "pairwise", "speed_sigma": 0.6, "latency": 0.2},
+         "attacks": [{"name": "loss", "access": "params"}]}
+
+
+def test_async_on_ray_is_the_serial_engines_run_and_survives_a_killed_actor(local_ray, tiny, write_cfg, monkeypatch):
+    """mode: async: each wave is one call per shard, the shards in parallel; the metrics are the serial
+    engine's to the byte (states travel as arrays, the arithmetic is the same). An actor killed in a
+    later round rolls every node, and the schedule and messages, back to the round before."""
+    from dfl.engines.ray import RayEngine
+
+    tiny.update(nodes=6, **ASYNC)
+    tiny["data"]["auxiliary_fraction"] = 0.2
+    cfg = write_cfg(tiny)
+    serial = api.run(cfg)
+    on_ray = api.run(cfg, ["engine.name=ray"])
+    assert _metrics(on_ray.run_dir) == _metrics(serial.run_dir)
+    real_wake = RayEngine.wake
+    waves: list[int] = []
+
+    def wake_and_kill_in_round_2(self, *args):
+        waves.append(1)
+        if len(waves) == 4:  # in round 2 or 3
+            os.kill(self.pids()[0], signal.SIGKILL)
+        return real_wake(self, *args)
+
+    monkeypatch.setattr(RayEngine, "wake", wake_and_kill_in_round_2)
+    disturbed = api.run(cfg, ["engine.name=ray"])
+    faults = [r for r in RunDir(disturbed.run_dir).records() if r["kind"] == "fault"]
+    assert disturbed.status == "complete" and len(faults) == 1
+    assert faults[0]["round"] > 1 and faults[0]["resumed_from_round"] == faults[0]["round"] - 1
+    assert _metrics(disturbed.run_dir, drop_faults=True) == _metrics(serial.run_dir)
+
+
 class FailingPopulation(Population):
     """Node 2 raises in its second round of training."""
 

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from dfl.engines.batched import BatchedEngine
-from dfl.engines.serial import evaluate_all
+from dfl.engines.serial import ParticipantNodes, evaluate_all
 from dfl.errors import ConfigError, EngineFault, ParticipantError, Terminated
-from dfl.federation.engine import Engine, default_threads, guarded
+from dfl.federation.engine import Engine, Mix, default_threads, guarded, wake_nodes
 from dfl.federation.population import Population
 from dfl.mixing import gossip
 from dfl.topology import build_graph
@@ -125,7 +125,17 @@ def place(graph: nx.Graph, n_shards: int) -> list[list[int]]:
     return [sorted(int(i) for i in b) for b in blocks if len(b)]
 
 
-class ShardHost:
+def _mixes(mixes: list[Any]) -> list[Mix]:
+    """Wakes' mixes as sent to an actor (states as object references, each fetched once) -> as
+    :func:`wake_nodes` takes them. Runs in an actor, where Ray is imported."""
+    import ray
+
+    refs = list(dict.fromkeys(x for m in mixes if m is not None for x in m[0] if x is not None))
+    got = {ref: _tensor(arr) for ref, arr in zip(refs, ray.get(refs), strict=True)}
+    return [None if m is None else ([None if x is None else got[x] for x in m[0]], m[1]) for m in mixes]
+
+
+class ShardHost(ParticipantNodes):
     """The body of a Ray actor: a shard of participants in one worker process."""
 
     def __init__(self, population: Population, node_ids: list[int], threads: int) -> None:
@@ -161,6 +171,14 @@ class ShardHost:
         return [guarded("evaluating", i, round_idx, partial(evaluate_all, p, splits))
                 for i, p in self.participants.items()]
 
+    def states_of(self, ids: list[int]) -> np.ndarray:
+        return self.node_states(ids).cpu().numpy()
+
+    def wake(self, ids: list[int], iterations: list[int], mixes: list[Any]) -> tuple[list[dict[str, float]], np.ndarray]:
+        """``mode: async``: :func:`wake_nodes` on this shard; the trained states as one array."""
+        stats, states = wake_nodes(self, ids, iterations, _mixes(mixes))
+        return stats, states.cpu().numpy()
+
     def snapshot(self) -> list[dict[str, Any]]:
         return [p.snapshot() for p in self.participants.values()]
 
@@ -195,6 +213,18 @@ class BatchedShardHost:
 
     def evaluate(self, splits: list[str], round_idx: int | None) -> list[dict[str, float]]:
         return self.engine.evaluate(splits, round_idx)
+
+    def _rows(self, ids: list[int]) -> list[int]:
+        rows = {node: r for r, node in enumerate(self.engine.ids)}
+        return [rows[i] for i in ids]
+
+    def states_of(self, ids: list[int]) -> np.ndarray:
+        return self.engine.node_states(self._rows(ids)).numpy()
+
+    def wake(self, ids: list[int], iterations: list[int], mixes: list[Any]) -> tuple[list[dict[str, float]], np.ndarray]:
+        """``mode: async``: :func:`wake_nodes` on the shard's batched engine (its rows are local)."""
+        stats, states = wake_nodes(self.engine, self._rows(ids), iterations, _mixes(mixes))
+        return stats, states.cpu().numpy()
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self.engine.snapshot()
@@ -323,6 +353,48 @@ class RayEngine(Engine):
             need = sorted({self._where[int(j)][0] for j in np.flatnonzero(rows.any(axis=0))})
             refs.append(actor.mix.remote(rows, [self.shards[s] for s in need], *[self._states_refs[s] for s in need]))
         return self._assemble(self._get(refs))
+
+    def node_states(self, ids: list[int]) -> torch.Tensor:
+        by_shard = self._by_shard(ids)
+        out = torch.empty((len(ids), 0))
+        for s, arr in zip(by_shard, self._get([self.actors[s].states_of.remote([ids[k] for k in ks])
+                                                 for s, ks in by_shard.items()]), strict=True):
+            if out.shape[1] == 0:
+                out = torch.empty((len(ids), arr.shape[1]), dtype=torch.float32)
+            out[by_shard[s]] = _tensor(arr)
+        return out
+
+    def _by_shard(self, ids: list[int]) -> dict[int, list[int]]:
+        """The positions in ``ids`` of each shard's nodes, shards in order."""
+        by_shard: dict[int, list[int]] = {}
+        for k, i in enumerate(ids):
+            by_shard.setdefault(self._where[i][0], []).append(k)
+        return dict(sorted(by_shard.items()))
+
+    def wake(self, ids: list[int], iterations: list[int], mixes: list[Mix]) -> tuple[list[dict[str, float]], torch.Tensor]:
+        """``mode: async``: each shard wakes its nodes of ``ids`` in one call, the shards in parallel;
+        every state to mix goes to the object store once, whatever number of wakes read it."""
+        put: dict[int, Any] = {}
+
+        def ref(x: torch.Tensor) -> Any:
+            if id(x) not in put:
+                put[id(x)] = self.ray.put(x.numpy())
+            return put[id(x)]
+
+        by_shard = self._by_shard(ids)
+        refs = [self.actors[s].wake.remote(
+            [ids[k] for k in ks], [iterations[k] for k in ks],
+            [None if mixes[k] is None else ([None if x is None else ref(x) for x in mixes[k][0]], mixes[k][1])
+             for k in ks]) for s, ks in by_shard.items()]
+        stats: list[dict[str, float]] = [{} for _ in ids]
+        states = torch.empty((len(ids), 0))
+        for ks, (st, arr) in zip(by_shard.values(), self._get(refs), strict=True):
+            if states.shape[1] == 0:
+                states = torch.empty((len(ids), arr.shape[1]), dtype=torch.float32)
+            states[ks] = _tensor(arr)
+            for k, row_stats in zip(ks, st, strict=True):
+                stats[k] = row_stats
+        return stats, states
 
     def evaluate(self, splits: list[str], round_idx: int | None = None) -> list[dict[str, float]]:
         per = self._get([a.evaluate.remote(splits, round_idx) for a in self.actors])

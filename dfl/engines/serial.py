@@ -14,7 +14,24 @@ from dfl.federation.population import Population
 from dfl.mixing import gossip
 
 
-class SerialEngine(Engine):
+class ParticipantNodes:
+    """``mode: async``'s node access over ``participants``, indexed by node id (a list or a dict)."""
+
+    participants: Any
+
+    def node_states(self, ids: list[int]) -> torch.Tensor:
+        return torch.stack([self.participants[i].flat.detach() for i in ids])  # stack copies
+
+    def set_node_states(self, ids: list[int], states: torch.Tensor) -> None:
+        for i, row in zip(ids, states, strict=True):
+            self.participants[i].load_state(row)
+
+    def train_nodes(self, ids: list[int], iterations: list[int]) -> list[dict[str, float]]:
+        return [guarded("training", i, k, partial(self.participants[i].train_round, k))
+                for i, k in zip(ids, iterations, strict=True)]
+
+
+class SerialEngine(ParticipantNodes, Engine):
     """Participants as plain objects, run one after another."""
 
     def __init__(self, population: Population) -> None:
@@ -32,17 +49,6 @@ class SerialEngine(Engine):
         for p, row in zip(self.participants, new, strict=True):
             p.load_state(row)
         return new
-
-    def node_states(self, ids: list[int]) -> torch.Tensor:
-        return torch.stack([self.participants[i].flat.detach() for i in ids])  # stack copies
-
-    def set_node_states(self, ids: list[int], states: torch.Tensor) -> None:
-        for i, row in zip(ids, states, strict=True):
-            self.participants[i].load_state(row)
-
-    def train_nodes(self, ids: list[int], iterations: list[int]) -> list[dict[str, float]]:
-        return [guarded("training", i, k, partial(self.participants[i].train_round, k))
-                for i, k in zip(ids, iterations, strict=True)]
 
     def evaluate(self, splits: list[str], round_idx: int | None = None) -> list[dict[str, float]]:
         return [guarded("evaluating", p.node_id, round_idx, partial(evaluate_all, p, splits))

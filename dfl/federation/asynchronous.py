@@ -45,7 +45,6 @@ import torch
 from dfl.config import ExperimentConfig
 from dfl.federation.engine import Engine
 from dfl.federation.events import ARRIVE, SEND, WAKE, Event, Timing, lognormal_speeds, make_protocol, schedule
-from dfl.mixing import gossip_rows
 from dfl.records import Record
 
 Message = tuple[torch.Tensor, float, int]  # state, time sent, sender's iteration
@@ -202,15 +201,10 @@ class AsyncRounds:
         self.waves = len({w.wave for w in plan})
         for wave in sorted({w.wave for w in plan}):
             wakes = [w for w in plan if w.wave == wave]
-            ids = [w.node for w in wakes]
-            current = self.engine.node_states(ids)
-            if any(w.weights is not None for w in wakes):
-                self.engine.set_node_states(ids, gossip_rows(
-                    [[row] if w.weights is None else [row if key is None else self.states[key] for key in w.sources]
-                     for row, w in zip(current, wakes, strict=True)],
-                    [[1.0] if w.weights is None else w.weights for w in wakes]))
-            trained = self.engine.train_nodes(ids, [w.iteration for w in wakes])
-            after = self.engine.node_states(ids)  # copies: they stay as sent while the node trains on
+            trained, after = self.engine.wake(
+                [w.node for w in wakes], [w.iteration for w in wakes],
+                [None if w.weights is None else ([None if key is None else self.states[key] for key in w.sources], w.weights)
+                 for w in wakes])
             for row, w, st in zip(after, wakes, trained, strict=True):
                 key = (w.node, w.iteration)
                 if key in keep or key in last_read:

@@ -6,15 +6,41 @@ import os
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from dfl.errors import ParticipantError
 from dfl.federation.population import Population
+from dfl.mixing import gossip_rows
 
 R = TypeVar("R")
+
+
+Mix = tuple[list[torch.Tensor | None], Any] | None  # a wake's states to mix (None: the node's own) and weights
+
+
+class NodeHost(Protocol):
+    """What hosts nodes for ``mode: async``: an :class:`Engine`, or a Ray actor's shard."""
+
+    def node_states(self, ids: list[int]) -> torch.Tensor: ...
+    def set_node_states(self, ids: list[int], states: torch.Tensor) -> None: ...
+    def train_nodes(self, ids: list[int], iterations: list[int]) -> list[dict[str, float]]: ...
+
+
+def wake_nodes(host: NodeHost, ids: list[int], iterations: list[int],
+               mixes: list[Mix]) -> tuple[list[dict[str, float]], torch.Tensor]:
+    """Wake nodes ``ids`` of ``host`` together: node ``ids[k]`` loads the mix ``mixes[k]`` of its own
+    state and the given ones (:func:`dfl.mixing.gossip_rows`; ``None``: it mixes nothing), then trains
+    its iteration ``iterations[k]``. Returns the per-node stats and the trained states (copies)."""
+    if any(m is not None for m in mixes):
+        current = host.node_states(ids)
+        host.set_node_states(ids, gossip_rows(
+            [[row] if m is None else [row if x is None else x for x in m[0]] for row, m in zip(current, mixes, strict=True)],
+            [[1.0] if m is None else m[1] for m in mixes]))
+    stats = host.train_nodes(ids, iterations)
+    return stats, host.node_states(ids)
 
 
 def guarded(what: str, node: int, round_idx: int | None, fn: Callable[[], R]) -> R:
@@ -95,7 +121,12 @@ class Engine(ABC):
     @abstractmethod
     def restore(self, snaps: list[dict[str, Any]]) -> None: ...
 
-    # ``mode: async`` (dfl.federation.asynchronous) works node by node through these three.
+    # ``mode: async`` (dfl.federation.asynchronous) works node by node through these three, and
+    # ``wake``, which an engine whose nodes live elsewhere does in one trip.
+
+    def wake(self, ids: list[int], iterations: list[int], mixes: list[Mix]) -> tuple[list[dict[str, float]], torch.Tensor]:
+        """:func:`wake_nodes` on this engine."""
+        return wake_nodes(self, ids, iterations, mixes)
 
     def node_states(self, ids: list[int]) -> torch.Tensor:
         """The current states of nodes ``ids``, ``(len(ids), n_params)`` (copies)."""

@@ -270,6 +270,9 @@ class Federation:
         except EngineFault as lost:
             raise EngineFault(f"{lost}. The last checkpoint is intact: resume with `{rundir.resume_hint()}` once "
                               "the cluster has room") from None
+        if self._async is not None:  # the schedule and messages as they were at the checkpoint
+            self._async = None
+            self._resume_async(ckpt["participants"], int(ckpt["round"]))
         rundir.truncate_metrics(ckpt["metrics_bytes"])
         rundir.append([{"round": round_idx + 1, "node": None, "kind": FAULT, "nodes": list(fault.nodes),
                         "error": str(fault), "resumed_from_round": ckpt["round"]}])

@@ -16,6 +16,7 @@ from dfl.engines import SerialEngine
 from dfl.experiment import parse_config
 from dfl.federation import Federation
 from dfl.federation.asynchronous import AsyncRounds
+from dfl.federation.engine import wake_nodes
 from dfl.federation.population import Population
 from dfl.mixing import adjacency_matrix, consensus_distance, metropolis_hastings_matrix
 from dfl.rundir import RunDir
@@ -122,6 +123,9 @@ class StillEngine:
     def train_nodes(self, ids: list[int], iterations: list[int]) -> list[dict[str, float]]:
         return [{"loss": 0.0, "steps": 0.0} for _ in ids]
 
+    def wake(self, *args: Any) -> Any:
+        return wake_nodes(self, *args)
+
 
 @pytest.mark.parametrize("protocol", ["pairwise", "push_one", "push_all"])
 def test_gossip_alone_reaches_consensus_under_every_protocol(tiny: dict[str, Any], protocol: str) -> None:
@@ -227,7 +231,7 @@ def test_bad_trace_files_exit_2(tiny: dict[str, Any], write_cfg, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("patch", "needle"), [
-    ({"engine": {"name": "ray"}}, "mode: async runs on the serial and batched engines"),
+    ({"engine": {"name": "ray", "ray": {"batched": True}}, "defenses": [{"name": "mixup"}]}, "no training-time defense"),
     ({"engine": {"name": "batched"}, "defenses": [{"name": "mixup"}]}, "no training-time defense yet"),
     ({"topology": {"name": "ring", "link_failure": 0.1}}, "one fixed graph"),
     ({"async": {"churn": [{"node": 9, "start": 0, "end": 1}]}}, "async.churn.0.node"),
