@@ -281,15 +281,9 @@ def cross_checks(cfg: ExperimentConfig) -> list[tuple[str, str]]:
 
 
 def async_errors(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """What ``mode: async`` does not run (yet): training-time defenses on batched engines, a server, a
-    graph that changes; and node ids out of range in its per-node settings."""
+    """What ``mode: async`` does not run: a server, a graph that changes; and node ids out of range in
+    its per-node settings."""
     errors: list[tuple[str, str]] = []
-    if cfg.engine.name == "batched" or (cfg.engine.name == "ray" and cfg.engine.ray.batched):
-        for i, spec in enumerate(cfg.defenses):
-            entry = DEFENSES.get(spec.name) if spec.name in DEFENSES else None
-            if entry is not None and isinstance(entry.obj, type) and issubclass(entry.obj, TrainingDefense):
-                errors.append((f"defenses.{i}.name", f"{spec.name} trains with the node; mode: async on the batched "
-                                                     "engine runs no training-time defense yet: set engine.name: serial"))
     if cfg.topology.name == "centralized":
         errors.append(("mode", "topology centralized has a server and rounds; mode: async is for gossip graphs"))
     if cfg.topology.resample_every is not None or cfg.topology.link_failure > 0:

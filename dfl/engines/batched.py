@@ -211,10 +211,7 @@ class BatchedEngine(Engine):
         self._spare = None
         start = {i: new[i].clone() for i in self.share_defenses}
         losses = torch.zeros(self.n, dtype=torch.float64)
-        draws = [j for j, d in enumerate(self.train_defenses) if d.draws]
-        streams = {i: torch_generator(self.cfg.seed, TRAIN_DEFENSE, g, round_idx)  # as each participant's
-                   for i, g in enumerate(self.ids) if draws and bool(self.defended[i, draws].any())}
-        drawer = _Draws(self, round_idx, draws, streams, steps)
+        drawer = _Draws(self, list(range(self.n)), [round_idx] * self.n, steps)
         for lo in range(0, self.n, self.chunk):
             hi = min(lo + self.chunk, self.n)
             plan = order_plan(orders[lo:hi], lengths[lo:hi], self.training.batch_size)
@@ -235,9 +232,9 @@ class BatchedEngine(Engine):
     def train_nodes(self, ids: list[int], iterations: list[int]) -> list[dict[str, float]]:
         """One local budget of rows ``ids`` (a non-sharded engine: ids are rows), each with the batches of
         its own iteration, trained together in chunks as :meth:`train` trains a round: their states and
-        optimizer rows are gathered, trained and written back. Training-time defenses are refused for
-        ``mode: async`` on this engine when the config is validated; share-time ones rewrite each
-        node's update with its iteration as the round."""
+        optimizer rows are gathered, trained and written back. Training-time and share-time defenses
+        run with each node's iteration as the round (its defense stream and progress), as the serial
+        participant's ``train_round(iteration)`` runs them."""
         rows = torch.as_tensor(ids, device=self.device)
         seeds = derive_seeds(self.cfg.seed, LOCAL_TRAIN, np.asarray([self.ids[i] for i in ids], dtype=np.int64),
                              np.asarray(iterations, dtype=np.int64))
@@ -249,16 +246,18 @@ class BatchedEngine(Engine):
             opt.reset()
         trainer = Trainer(self.layout, opt, self._loss, rowwise=self.rowwise)
         losses = torch.zeros(len(ids), dtype=torch.float64)
+        steps = [len(ls) for _, ls in drawn]
+        drawer = _Draws(self, ids, iterations, steps)
+        flags = self.defended[rows]
         for lo in range(0, len(ids), self.chunk):
             hi = min(lo + self.chunk, len(ids))
             plan = order_plan([o for o, _ in drawn[lo:hi]], [ls for _, ls in drawn[lo:hi]], self.training.batch_size)
-            losses[lo:hi] = trainer.train(flat, lo, hi, plan, self._fetch(self.train_rows[rows[lo:hi]]))
+            losses[lo:hi] = trainer.train(flat, lo, hi, plan, self._fetch(self.train_rows[rows[lo:hi]], drawer, flags))
         for k, i in enumerate(ids):
             if start is not None and i in self.share_defenses:
                 flat[k] = self._rewrite(i, start[k], flat[k], iterations[k])
         self.flat[rows] = flat
         self.opt.put(rows, opt)
-        steps = [len(ls) for _, ls in drawn]
         return [{"loss": float(losses[k]) if steps[k] else 0.0, "steps": float(steps[k])} for k in range(len(ids))]
 
     def _rewrite(self, i: int, start: torch.Tensor, trained: torch.Tensor, round_idx: int) -> torch.Tensor:
@@ -268,11 +267,12 @@ class BatchedEngine(Engine):
             update = d.rewrite(update, round_idx)
         return start + update
 
-    def _fetch(self, rows_of: torch.Tensor, draws: _Draws | None = None) -> Any:
+    def _fetch(self, rows_of: torch.Tensor, draws: _Draws | None = None, flags: torch.Tensor | None = None) -> Any:
         """The trainer's fetch for rows whose training samples are ``rows_of`` (padded indices): each step
-        gathers and normalises their batches; with training-time defenses (the synchronous round only),
-        one-hot targets and each row's defense flags and draws."""
+        gathers and normalises their batches; with training-time defenses, one-hot targets and each row's
+        defense flags (``flags``, the rows' own; default: every node's, in order) and draws."""
         one_hot = bool(self.train_defenses)
+        flags = self.defended if flags is None else flags
 
         def fetch(lo: int, hi: int, step: int, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
             idx = torch.gather(rows_of, 1, local.clamp_min(0))  # global indices (padding: the node's first)
@@ -280,7 +280,7 @@ class BatchedEngine(Engine):
             if not one_hot:
                 return x, y, None
             y = F.one_hot(y, self.population.data.num_classes).to(x.dtype)
-            return x, y, (self.defended[lo:hi], draws.step(lo, hi, step, local) if draws is not None else {})
+            return x, y, (flags[lo:hi], draws.step(lo, hi, step, local) if draws is not None else {})
 
         return fetch
 
@@ -377,14 +377,17 @@ class BatchedEngine(Engine):
 class _Draws:
     """The random numbers of the defenses that draw (``TrainingDefense.draws``), per node and step.
 
-    Node ``i`` draws from its own defense stream (``TRAIN_DEFENSE``, its id, the round), for each of its
-    drawing defenses in chain order, at each step it takes, with its own progress and batch size: the
-    serial participant's draws exactly. Nodes that do not run a defense get the identity (``lam`` 1,
-    the identity permutation); index draws are padded with the identity to the batch width."""
+    Position ``p`` trains engine row ``rows[p]`` in round ``rounds[p]`` (``mode: async``: its iteration)
+    for ``steps[p]`` steps. It draws from its own defense stream (``TRAIN_DEFENSE``, its id, the round),
+    for each of its drawing defenses in chain order, at each step it takes, with its own progress and
+    batch size: the serial participant's draws exactly. Nodes that do not run a defense get the identity
+    (``lam`` 1, the identity permutation); index draws are padded with the identity to the batch width."""
 
-    def __init__(self, engine: BatchedEngine, round_idx: int, draws: list[int], streams: dict[int, torch.Generator],
-                 steps: list[int]) -> None:
-        self.engine, self.round_idx, self.draws, self.streams, self.steps = engine, round_idx, draws, streams, steps
+    def __init__(self, engine: BatchedEngine, rows: list[int], rounds: list[int], steps: list[int]) -> None:
+        self.engine, self.rows, self.rounds, self.steps = engine, rows, rounds, steps
+        self.draws = [j for j, d in enumerate(engine.train_defenses) if d.draws]
+        self.streams = {p: torch_generator(engine.cfg.seed, TRAIN_DEFENSE, engine.ids[r], rounds[p])  # as each participant's
+                        for p, r in enumerate(rows) if self.draws and bool(engine.defended[r, self.draws].any())}
         self._idle: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     def idle(self, j: int, width: int) -> list[torch.Tensor]:
@@ -402,12 +405,12 @@ class _Draws:
         sizes = (local >= 0).sum(1).tolist()
         for j in self.draws:
             d, rows, idle = eng.train_defenses[j], out.setdefault(str(j), []), self.idle(j, width)
-            for i in range(lo, hi):
-                g, size = self.streams.get(i), sizes[i - lo]
-                if g is None or size == 0 or not bool(eng.defended[i, j]):
+            for p in range(lo, hi):
+                g, size = self.streams.get(p), sizes[p - lo]
+                if g is None or size == 0 or not bool(eng.defended[self.rows[p], j]):
                     rows.append(idle)
                     continue
-                progress = (self.round_idx + s / self.steps[i]) / eng.cfg.rounds
+                progress = (self.rounds[p] + s / self.steps[p]) / eng.cfg.rounds
                 rows.append([t if t.ndim == 0 else torch.cat([t, torch.arange(size, width)])
                              for t in d.draw(size, progress, g)])
         return {j: tuple(torch.stack(parts).to(eng.device) for parts in zip(*rows, strict=True))

@@ -231,8 +231,6 @@ def test_bad_trace_files_exit_2(tiny: dict[str, Any], write_cfg, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("patch", "needle"), [
-    ({"engine": {"name": "ray", "ray": {"batched": True}}, "defenses": [{"name": "mixup"}]}, "no training-time defense"),
-    ({"engine": {"name": "batched"}, "defenses": [{"name": "mixup"}]}, "no training-time defense yet"),
     ({"topology": {"name": "ring", "link_failure": 0.1}}, "one fixed graph"),
     ({"async": {"churn": [{"node": 9, "start": 0, "end": 1}]}}, "async.churn.0.node"),
     ({"async": {"speeds": {1: 0.0}}}, "must be positive"),

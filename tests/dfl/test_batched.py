@@ -331,6 +331,25 @@ def test_drawing_training_defenses_run_batched_with_each_nodes_draws(model: str)
     assert float((states(other) - states(b_eng)).abs().max()) > 1e-2
 
 
+def test_async_wakes_run_training_and_share_time_defenses_with_each_nodes_iteration() -> None:
+    """``train_nodes`` (mode: async): some nodes, each at its own iteration, with mixup on two of them,
+    AdaMixup on all (its progress from the iteration) and update noise: each node's draws and noise are
+    its serial participant's for that iteration, so the engines agree within the tolerance."""
+    raw = config(rounds=4, defenses=[
+        {"name": "mixup", "params": {"alpha": 0.4}, "nodes": [0, 2]},
+        {"name": "adamixup"},
+        {"name": "update_noise", "params": {"sigma": 0.01}, "nodes": [3]}])
+    _, s_eng = federation(raw, "serial")
+    _, b_eng = federation(raw, "batched")
+    for ids, iterations in (([2, 0, 3], [5, 0, 2]), ([1, 2], [0, 6])):
+        s_stats, b_stats = s_eng.train_nodes(ids, iterations), b_eng.train_nodes(ids, iterations)
+        assert [x["loss"] for x in s_stats] == pytest.approx([x["loss"] for x in b_stats], abs=LOSS_TOL)
+        assert torch.allclose(states(s_eng), states(b_eng), rtol=0, atol=PARAM_TOL)
+    _, other = federation(raw, "batched")  # the same nodes at other iterations: other draws, far apart
+    other.train_nodes([2, 0, 3], [4, 1, 2]), other.train_nodes([1, 2], [0, 5])
+    assert float((states(other) - states(b_eng)).abs().max()) > 1e-2
+
+
 @pytest.mark.parametrize(("threads", "engine", "expected"), [
     (None, "serial", 1), (3, "serial", 3), ("auto", "serial", 1), ("auto", "batched", "cpus"), (2, "batched", 2)])
 def test_engine_threads_auto_gives_cores_only_to_the_batched_engine(threads: Any, engine: str, expected: Any) -> None:
