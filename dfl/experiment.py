@@ -289,6 +289,10 @@ def async_errors(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     if cfg.topology.resample_every is not None or cfg.topology.link_failure > 0:
         errors.append(("mode", "mode: async runs on one fixed graph; drop topology.resample_every and "
                                "topology.link_failure (model a node's absence with async.churn)"))
+    for i, spec in enumerate(cfg.attacks):
+        if spec.view != "received":
+            errors.append((f"attacks.{i}.view", f"view {spec.view} models synchronous gossip; in mode: async an "
+                                                "attacker attacks the messages that reached it: use view: received"))
     if cfg.async_.protocol not in PROTOCOLS:
         errors.append(("async.protocol", f"unknown protocol {cfg.async_.protocol!r}; known protocols: "
                                          f"{', '.join(PROTOCOLS.names())} (dfl-sim list protocols)"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from dfl.adversary.gradients import pseudo_gradient
 from dfl.adversary.reference import reference_classifier
 from dfl.attack import InversionAttack, round_targets, scheduled
 from dfl.config import AttackSpec, ExperimentConfig
-from dfl.federation.participant import flatten_into_views, load_flat, local_batches
+from dfl.federation.participant import flatten_into_views, load_flat, local_batches, shared_tensors
 from dfl.federation.population import Population
 from dfl.metrics.graph import GraphContext
 from dfl.metrics.images import mse, pair, psnr, ssim, to_pixels
@@ -69,6 +70,10 @@ class Inverter:
         self._previous: tuple[nx.Graph, torch.Tensor] | None = None  # last round's graph and shared states
         self._reference: tuple[nn.Module, float] | None = None
 
+    def _initial(self) -> torch.Tensor:
+        """The initial model's state, common knowledge."""
+        return torch.cat([t.detach().reshape(-1).float() for t in shared_tensors(self.population.template())])
+
     def reference(self) -> tuple[nn.Module, float]:
         if self._reference is None:
 
@@ -81,8 +86,15 @@ class Inverter:
         load_flat(model, state.detach().cpu())
         return model
 
+    needs_starts = True  # mode: async: the messages an attacker heard come with their senders' start states
+
     def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor,
-                heard: Any = None) -> list[Record]:
+                heard: list[dict[int, Any]] | None = None) -> list[Record]:
+        """``heard`` (``mode: async``): an attacker inverts, of each target, the newest message that
+        reached it: the update from the state its sender began that iteration from (``exact``) or from
+        the message it heard from it before (``observed``; none yet: the initial model for a first
+        iteration, else the attacker's own newest state), with the batches of that iteration. The
+        record adds the message's ``iteration`` and ``message_time``."""
         r = round_idx + 1
         records: list[Record] = []
         todo = [(i, spec, atk) for i, spec, atk in self.attacks if scheduled(spec, r, self.cfg.rounds)]
@@ -92,7 +104,20 @@ class Inverter:
             for a in self.attackers:
                 for i, spec, attack in todo:
                     for v in round_targets(spec, a, graph, self.attackers):
-                        record = self._attack_one(i, spec, attack, a, v, round_idx, shared_cpu, starts_cpu)
+                        if heard is None:
+                            exact = starts_cpu[v]
+                            record = self._attack_one(i, spec, attack, a, v, round_idx, shared_cpu[v], exact,
+                                                      lambda a=a, v=v, e=exact: self.observed_start(a, v, round_idx, e),
+                                                      round_idx)
+                        elif v in heard[a]:
+                            m = heard[a][v]
+                            guess = m.previous if m.previous is not None else (
+                                self._initial() if m.iteration == 0 else shared_cpu[a])
+                            record = self._attack_one(i, spec, attack, a, v, round_idx, m.state, m.start,
+                                                      lambda g=guess: g, m.iteration)
+                            record.update(iteration=m.iteration, message_time=m.time)
+                        else:
+                            continue  # nothing of v reached a yet
                         records.append({**record, **context.pair(a, v)})
         self._previous = (graph, shared.detach().cpu().clone()) if self.attacks else None
         return records
@@ -112,16 +137,17 @@ class Inverter:
         return (w[:, None] * prev[cols]).sum(0)
 
     def _attack_one(self, i: int, spec: AttackSpec, attack: InversionAttack, a: int, v: int, round_idx: int,
-                    shared: torch.Tensor, starts: torch.Tensor) -> Record:
-
+                    state: torch.Tensor, exact: torch.Tensor, observed: Callable[[], torch.Tensor],
+                    trained_in: int) -> Record:
+        """``a`` inverts ``v``'s ``state``, trained from ``exact`` with the batches of its round (``mode:
+        async``: iteration) ``trained_in``; ``observed()``: the start the attacker believes otherwise."""
         pop, t = self.population, self.cfg.training
         knowledge = getattr(attack.params, "knowledge", "exact")
-        exact = starts[v]
-        start = exact if knowledge == "exact" else self.observed_start(a, v, round_idx, exact)
-        update = shared[v] - start
-        true_update = shared[v] - exact
+        start = exact if knowledge == "exact" else observed()
+        update = state - start
+        true_update = state - exact
         node = pop.splits.nodes[v]
-        batches = local_batches(self.cfg.seed, v, round_idx, len(node.train), t)
+        batches = local_batches(self.cfg.seed, v, trained_in, len(node.train), t)
         steps = len(batches)
         used = torch.unique(torch.cat(batches)) if batches else torch.empty(0, dtype=torch.long)
         truth = pop.train_pool(node.train[used.numpy()])

@@ -157,10 +157,11 @@ class Adversary:
         return model
 
     def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor,
-                heard: list[dict[int, tuple[torch.Tensor, float, int]]] | None = None) -> list[Record]:
+                heard: list[dict[int, Any]] | None = None) -> list[Record]:
         """``heard`` (``mode: async``): what each node received. An attacker with ``access: params`` then
-        attacks, of each neighbour, the newest message that reached it, and the record's
-        ``message_time`` says when that message was sent."""
+        attacks, of each neighbour, the newest message that reached it (which a victim that sends to one
+        neighbour at a time may have outdated elsewhere), and the record's ``message_time`` says when
+        that message was sent."""
         r = round_idx + 1
         todo = [(spec, atk) for spec, atk in self.attacks if scheduled(spec, r, self.cfg.rounds)]
         if not todo or not self.attackers:
@@ -183,7 +184,7 @@ class Adversary:
         for a in self.attackers:
             view = self._view(a, r, graph, shared, victim_model, queried)
             if heard is not None:
-                view.received = {j: m[0].clone() for j, m in sorted(heard[a].items())}
+                view.received = {j: m.state.clone() for j, m in sorted(heard[a].items())}
             for spec, attack in todo:
                 targets = round_targets(spec, a, graph, self.attackers)
                 if heard is not None and spec.access == "params":  # only what reached it
@@ -195,9 +196,11 @@ class Adversary:
                 attack.prepare(view)
                 for v in targets:
                     scored = None if spec.view == "received" else self._model(view_state(spec.view, a, v, shared, W))
+                    if heard is not None and spec.access == "params":  # the message that reached it, not v's newest
+                        scored = self._model(heard[a][v].state)
                     record = self._attack_one(view, spec, attack, a, v, r, victim_model(v), scored)
                     if heard is not None and spec.access == "params":
-                        record["message_time"] = heard[a][v][1]
+                        record["message_time"] = heard[a][v].time
                     records.append({**record, **context.pair(a, v)})
         records += self._dp_audits(records, r)
         for j, chain in self._chains.items():  # what the victims' defenses reported while answering

@@ -34,20 +34,33 @@ end, so a resumed run continues with exactly the events it would have met.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import networkx as nx
 import numpy as np
 import torch
 
 from dfl.config import ExperimentConfig
-from dfl.federation.engine import Engine
+from dfl.federation.engine import Engine, Mix
 from dfl.federation.events import ARRIVE, SEND, WAKE, Event, Timing, lognormal_speeds, make_protocol, schedule
+from dfl.mixing import gossip_rows
 from dfl.records import Record
 
-Message = tuple[torch.Tensor, float, int]  # state, time sent, sender's iteration
+
+class Message(NamedTuple):
+    """A message as an attacker heard it: the ``state`` the sender's ``iteration`` trained, sent at
+    ``time``. For the attackers an observer watches (gradient inversion): the state the sender began
+    that iteration from (``start``, the truth an attacker with exact knowledge is granted) and the
+    message it heard from that sender before (``previous``, or ``None``)."""
+
+    state: torch.Tensor
+    time: float
+    iteration: int
+    start: torch.Tensor | None = None
+    previous: torch.Tensor | None = None
+
 Key = tuple[int, int]  # (node, iteration): the state node's iteration trained, which its messages carry
 
 
@@ -87,8 +100,12 @@ class AsyncRounds:
     Messages are held as keys: a message from ``j`` of iteration ``m`` carries the state ``j`` trained in
     that iteration, kept once in ``states`` as long as a message, a pending send or a wake refers to it."""
 
-    def __init__(self, cfg: ExperimentConfig, engine: Engine, graph: nx.Graph, W: np.ndarray, n_state: int) -> None:
+    def __init__(self, cfg: ExperimentConfig, engine: Engine, graph: nx.Graph, W: np.ndarray, n_state: int,
+                 watched: Sequence[int] = ()) -> None:
+        """``watched``: attackers whose heard messages carry ``start`` and ``previous`` (:class:`Message`)."""
         self.cfg, self.engine, self.W = cfg, engine, W
+        self.watched = frozenset(watched)
+        self.victims = frozenset(j for a in self.watched for j in graph.neighbors(a))
         self.timing = timing(cfg, n_state)
         self.protocol = make_protocol(cfg.async_.protocol)
         self._events: Iterator[Event] = schedule(graph, self.timing, self.protocol, cfg.seed, math.inf)
@@ -101,6 +118,8 @@ class AsyncRounds:
         self.heard: list[dict[int, tuple[float, int]]] = [{} for _ in range(n)]  # the newest from each sender, kept
         self.last_sent: list[int | None] = [None] * n  # the iteration of each node's newest sent state
         self.trained: list[int | None] = [None] * n  # each node's latest iteration (its sends may be pending)
+        self.begun: dict[Key, torch.Tensor] = {}  # watched attackers' neighbours: the state each wake trained from
+        self.previous: dict[int, dict[int, tuple[float, int]]] = {a: {} for a in self.watched}  # heard before the newest
         self.time = 0.0
         self.waves = 0  # the engine calls that trained the last interval
 
@@ -159,8 +178,11 @@ class AsyncRounds:
             held = self.inbox[i].get(event.peer)
             if held is None or held[1] < k:  # the newest state of each sender
                 self.inbox[i][event.peer] = message
-            if event.peer not in self.heard[i] or self.heard[i][event.peer][1] < k:
+            before = self.heard[i].get(event.peer)
+            if before is None or before[1] < k:
                 self.heard[i][event.peer] = message
+                if before is not None and i in self.watched:
+                    self.previous[i][event.peer] = before
             stats[i]["received"] += 1
 
     def _plan(self, event: Event, waves: dict[Key, int], s: dict[str, Any]) -> _Wake:
@@ -187,6 +209,7 @@ class AsyncRounds:
         keep |= {(i, k) for ks in (self.last_sent, self.trained) for i, k in enumerate(ks) if k is not None}
         if self.protocol.exchange:  # an answer carries the newest finished iteration: maybe the one before
             keep |= {(i, k - 1) for i, k in enumerate(self.trained) if k}
+        keep |= {(j, m) for a in self.watched for j, (_, m) in self.previous[a].items()}
         return keep
 
     def _train(self, plan: list[_Wake], stats: list[dict[str, Any]]) -> None:
@@ -201,10 +224,11 @@ class AsyncRounds:
         self.waves = len({w.wave for w in plan})
         for wave in sorted({w.wave for w in plan}):
             wakes = [w for w in plan if w.wave == wave]
-            trained, after = self.engine.wake(
-                [w.node for w in wakes], [w.iteration for w in wakes],
-                [None if w.weights is None else ([None if key is None else self.states[key] for key in w.sources], w.weights)
-                 for w in wakes])
+            mixes: list[Mix] = [None if w.weights is None else
+                                ([None if key is None else self.states[key] for key in w.sources], w.weights)
+                                for w in wakes]
+            self._begin([(w, m) for w, m in zip(wakes, mixes, strict=True) if w.node in self.victims])
+            trained, after = self.engine.wake([w.node for w in wakes], [w.iteration for w in wakes], mixes)
             for row, w, st in zip(after, wakes, trained, strict=True):
                 key = (w.node, w.iteration)
                 if key in keep or key in last_read:
@@ -216,23 +240,47 @@ class AsyncRounds:
             for key in [key for key, last in last_read.items() if last == wave and key not in keep]:
                 del self.states[key]
         self.states = {key: self.states[key] for key in keep}
+        self.begun = {key: state for key, state in self.begun.items() if key in keep}
+
+    def _begin(self, wakes: list[tuple[_Wake, Mix]]) -> None:
+        """Keep the states the watched attackers' neighbours start these wakes from: their current
+        states mixed as the engine mixes them (:func:`wake_nodes`' arithmetic, so the very same bits)."""
+        if not wakes:
+            return
+        ids = [w.node for w, _ in wakes]
+        current = self.engine.node_states(ids)
+        begun = gossip_rows([[row] if m is None else [row if x is None else x for x in m[0]]
+                             for row, (_, m) in zip(current, wakes, strict=True)],
+                            [[1.0] if m is None else m[1] for _, m in wakes])
+        for (w, _), row in zip(wakes, begun, strict=True):
+            self.begun[(w.node, w.iteration)] = row
 
     def shared(self, current: torch.Tensor) -> torch.Tensor:
         """Each node's newest sent state (its ``current`` state where it has sent nothing yet)."""
         return torch.stack([current[i] if k is None else self.states[(i, k)] for i, k in enumerate(self.last_sent)])
 
     def heard_messages(self) -> list[dict[int, Message]]:
-        """Per node, the newest message it received from each sender: ``(state, time sent, iteration)``."""
-        return [{j: (self.states[(j, m)], t, m) for j, (t, m) in box.items()} for box in self.heard]
+        """Per node, the newest message it received from each sender (with ``start`` and ``previous``
+        for the watched attackers)."""
+        out: list[dict[int, Message]] = []
+        for i, box in enumerate(self.heard):
+            before = self.previous.get(i, {})
+            out.append({j: Message(self.states[(j, m)], t, m, self.begun.get((j, m)),
+                                   self.states[(j, before[j][1])] if j in before else None)
+                        for j, (t, m) in box.items()})
+        return out
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per node, what a checkpoint needs beyond the engine's snapshot: the states of its iterations
         still referred to, and its inbox, messages on their way to it, what it heard and sent."""
         mine: list[dict[int, torch.Tensor]] = [{} for _ in range(self.cfg.nodes)]
-        for (i, k), state in self.states.items():
-            mine[i][k] = state
+        begun: list[dict[int, torch.Tensor]] = [{} for _ in range(self.cfg.nodes)]
+        for store, per in ((self.states, mine), (self.begun, begun)):
+            for (i, k), state in store.items():
+                per[i][k] = state
         return [{"states": mine[i], "inbox": dict(self.inbox[i]), "in_flight": {key: list(t) for key, t in self.in_flight[i].items()},
-                 "heard": dict(self.heard[i]), "last_sent": self.last_sent[i], "trained": self.trained[i]}
+                 "heard": dict(self.heard[i]), "last_sent": self.last_sent[i], "trained": self.trained[i],
+                 "begun": begun[i], "previous": dict(self.previous.get(i, {}))}
                 for i in range(self.cfg.nodes)]
 
     def restore(self, snaps: list[dict[str, Any]], round_idx: int) -> None:
@@ -243,6 +291,8 @@ class AsyncRounds:
             return None if k is None else int(k)
 
         self.states = {(i, int(k)): v for i, s in enumerate(snaps) for k, v in s["states"].items()}
+        self.begun = {(i, int(k)): v for i, s in enumerate(snaps) for k, v in s["begun"].items()}
+        self.previous = {a: {int(j): message(m) for j, m in snaps[a]["previous"].items()} for a in self.watched}
         for i, s in enumerate(snaps):
             self.inbox[i] = {int(j): message(m) for j, m in s["inbox"].items()}
             self.in_flight[i] = {(int(a), int(b)): [float(x) for x in t] for (a, b), t in s["in_flight"].items()}

@@ -25,7 +25,7 @@ import torch
 
 from dfl.config import ExperimentConfig
 from dfl.errors import EngineFault
-from dfl.federation.asynchronous import AsyncRounds
+from dfl.federation.asynchronous import AsyncRounds, Message
 from dfl.federation.engine import Engine
 from dfl.federation.participant import shared_tensors
 from dfl.federation.population import Population
@@ -44,12 +44,14 @@ class Observer(Protocol):
     ``shared``: ``(n_nodes, n_params)``, what every node shared after its local training in round
     ``round_idx``; ``starts``: the states the nodes began that round from (the truth that an attacker
     with exact knowledge is granted; an observer must not leak it into what attackers are given);
-    ``heard`` (``mode: async``): per node, the newest message it received from each sender, as
-    ``(state, time sent, sender's iteration)``: what an attacker has actually heard.
+    ``heard`` (``mode: async``): per node, the newest message it received from each sender
+    (:class:`dfl.federation.asynchronous.Message`: state, time sent, sender's iteration): what an
+    attacker has actually heard. An observer with ``needs_starts = True`` also gets, for the attackers'
+    messages, the state the sender began that iteration from and the message heard before it.
     """
 
     def observe(self, round_idx: int, graph: nx.Graph, shared: torch.Tensor, starts: torch.Tensor,
-                heard: list[dict[int, tuple[torch.Tensor, float, int]]] | None = None) -> list[Record]: ...
+                heard: list[dict[int, Message]] | None = None) -> list[Record]: ...
 
 
 class Federation:
@@ -112,7 +114,8 @@ class Federation:
         """The asynchronous state, made on first use (``mode: async``)."""
         if self._async is None:
             n_state = sum(t.numel() for t in shared_tensors(self.population.template()))
-            self._async = AsyncRounds(self.cfg, self.engine, graph, W, n_state)
+            watched = self.cfg.attacker_ids if any(getattr(o, "needs_starts", False) for o in self.observers) else []
+            self._async = AsyncRounds(self.cfg, self.engine, graph, W, n_state, watched)
         return self._async
 
     def _snapshot(self) -> list[dict[str, Any]]:

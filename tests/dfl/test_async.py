@@ -3,6 +3,7 @@ byte-identical reruns and resumes."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,20 @@ def test_async_reruns_and_resumes_byte_identically(tiny: dict[str, Any], write_c
     tiny.update(rounds=4, mode="async", eval={"every": 2},
                 **{"async": {"protocol": protocol, "speed_sigma": 0.5, "latency": 0.3, "bandwidth": 4000.0,
                              "churn": [{"node": 2, "start": 1.5, "end": 2.5}]}})
-    tiny["attacks"] = [{"name": "loss", "access": "params", "every": 2}]
+    tiny["attacks"] = [{"name": "loss", "access": "params", "every": 2},  # and one that needs the senders' starts
+                       {"name": "idlg", "every": 2, "params": {"iterations": 2, "knowledge": "observed"}}]
     tiny["data"]["auxiliary_fraction"] = 0.2
     path = write_cfg(tiny)
     whole, again = api.run(path), api.run(path)
     first = api.run(path, stop_after=2)
     resumed = api.resume(first.run_dir)
-    want = (whole.run_dir / "metrics.jsonl").read_bytes()
-    assert (again.run_dir / "metrics.jsonl").read_bytes() == want
-    assert (resumed.run_dir / "metrics.jsonl").read_bytes() == want
-    assert b'"kind": "mia"' in want and b'"lag_mean"' in want
+
+    def metrics(run: Any) -> bytes:  # an inversion's wall-clock seconds is the one field that is not the config's
+        return re.sub(rb'"seconds": [0-9.eE+-]+', b'"seconds": 0', (run.run_dir / "metrics.jsonl").read_bytes())
+
+    want = metrics(whole)
+    assert metrics(again) == want and metrics(resumed) == want
+    assert b'"kind": "mia"' in want and b'"lag_mean"' in want and b'"kind": "inversion"' in want
     mia = [r for r in RunDir(whole.run_dir).records() if r["kind"] == "mia"]
     assert mia and all(r["message_time"] <= r["round"] * 1.0 - 0.3 for r in mia)  # sent before it could arrive
 
@@ -210,6 +215,30 @@ def test_compare_sets_sync_beside_async_against_simulated_time(tiny: dict[str, A
     assert "Asynchronous gossip (`push_all`): 3 intervals of 2 simulated time, 6 in all" in (asyn_run / "report.md").read_text()
 
 
+def test_gradient_inversion_attacks_the_messages_heard(tiny: dict[str, Any], write_cfg) -> None:
+    """In lockstep the message heard at an interval's end is the synchronous round's shared state,
+    trained from the same start with the same batches: with exact knowledge every inversion record is
+    the synchronous one (an observing attacker starts from the message it heard before instead of its
+    own mix). With uneven speeds the attacker inverts what reached it, from its sender's true start."""
+    tiny.update(rounds=2, attacks=[{"name": "idlg", "every": 1, "params": {"iterations": 4}},
+                                   {"name": "dlg", "every": 1, "params": {"iterations": 3, "knowledge": "observed"}}])
+
+    def inversions(raw: dict[str, Any]) -> list[dict[str, Any]]:
+        recs = RunDir(api.run(write_cfg(raw)).run_dir).records()
+        return [{k: v for k, v in r.items() if k not in ("seconds", "grid")} for r in recs if r["kind"] == "inversion"]
+
+    sync, lockstep = inversions(tiny), inversions({**tiny, "mode": "async"})
+    assert len(sync) == len(lockstep) == 8
+    assert [{k: v for k, v in r.items() if k not in ("iteration", "message_time")}
+            for r in lockstep if r["knowledge"] == "exact"] == [r for r in sync if r["knowledge"] == "exact"]
+    assert [(r["iteration"], r["message_time"]) for r in lockstep if r["attack"] == "idlg"] == [(0, 1.0)] * 2 + [(1, 2.0)] * 2
+    uneven = inversions({**tiny, "rounds": 4, "mode": "async",
+                         "async": {"speeds": {0: 2.0, 2: 1.5}, "latency": 0.1}})
+    exact = [r for r in uneven if r["knowledge"] == "exact"]
+    assert exact and all(r["start_error"] == 0.0 and r["message_time"] <= r["round"] - 0.1 for r in exact)
+    assert any(r["start_error"] > 0 for r in uneven if r["knowledge"] == "observed" and r["iteration"] > 0)
+
+
 @pytest.mark.parametrize(("text", "needle"), [
     (None, "cannot read it"),
     ("node,speed,colour\n0,1,red\n", "unknown: colour"),
@@ -234,6 +263,7 @@ def test_bad_trace_files_exit_2(tiny: dict[str, Any], write_cfg, tmp_path: Path,
     ({"topology": {"name": "ring", "link_failure": 0.1}}, "one fixed graph"),
     ({"async": {"churn": [{"node": 9, "start": 0, "end": 1}]}}, "async.churn.0.node"),
     ({"async": {"speeds": {1: 0.0}}}, "must be positive"),
+    ({"attacks": [{"name": "loss", "access": "params", "view": "isolated"}]}, "attacks.0.view: view isolated models"),
     ({"async": {"latencies": {1: -1.0}}}, "async.latencies.1: latency -1.0 must be >= 0"),
     ({"async": {"bandwidths": {4: 10.0}}}, "async.bandwidths: node id 4 is out of range"),
     ({"async": {"protocol": "flood"}}, "async.protocol: unknown protocol 'flood'; known protocols: pairwise, push_all, push_one"),
