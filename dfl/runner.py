@@ -145,7 +145,8 @@ def _execute(cfg: ExperimentConfig, population: Any, rundir: RunDir, start: int,
         if cfg.output.save_shared:
             n_state = sum(t.numel() for t in shared_tensors(population.template()))
             print(f"output.save_shared: keeping {len(saved_rounds(cfg))} round(s) of shared and start states, "
-                  f"{shared_bytes(cfg, n_state) / 2**20:,.1f} MiB, under {rundir.path / SHARED}", file=sys.stderr)
+                  f"{shared_bytes(cfg, n_state, build_graph(cfg, 0)) / 2**20:,.1f} MiB, under {rundir.path / SHARED}",
+                  file=sys.stderr)
         fed = Federation(cfg, population, engine, watching, rundir=rundir, progress=progress)
         status = fed.run(start, snaps, stop_after=stop_after, t0=t0)
         timings.update(fed.timings)
@@ -213,9 +214,6 @@ def attack(run_dir: str | Path, overrides: Sequence[str] = (), *, out_dir: str |
     cfg = parse_config(read_yaml(source.path / "config.yaml"), list(overrides), source=str(source.path / "config.yaml"))
     if not cfg.attacks:
         raise ConfigError([("attacks", "no attacks to replay: --set 'attacks=[{name: loss}]'")])
-    if cfg.mode == "async":
-        raise ConfigError([("mode", "a replay does not keep what each attacker heard in mode: async; run the "
-                                    "attacks live (dfl-sim run with them in attacks)")])
     missing = [(i, r) for i, spec in enumerate(cfg.attacks) for r in range(1, cfg.rounds + 1)
                if scheduled(spec, r, cfg.rounds) and r not in have]
     if missing:
@@ -232,11 +230,14 @@ def attack(run_dir: str | Path, overrides: Sequence[str] = (), *, out_dir: str |
     rounds = sorted({r for spec in cfg.attacks for r in range(1, cfg.rounds + 1) if scheduled(spec, r, cfg.rounds)})
     try:
         for r in rounds:
-            shared, starts = load(saved_dir, r)
-            graph = build_graph(cfg, r - 1)
+            shared, starts, heard = load(saved_dir, r)
+            if cfg.mode == "async" and heard is None:
+                raise RunError(f"{saved_dir} keeps no heard messages for round {r}: it was written before mode: "
+                               "async kept them; run the attacks live")
+            graph = build_graph(cfg, 0 if cfg.mode == "async" else r - 1)
             records: list[dict[str, Any]] = []
             for obs in watching:
-                records += obs.observe(r - 1, graph, shared, starts)
+                records += obs.observe(r - 1, graph, shared, starts, **({"heard": heard} if heard is not None else {}))
             rundir.append(records)
     except BaseException:
         rundir.set_status("failed")

@@ -56,8 +56,9 @@ def test_replay_writes_the_live_runs_attack_records_byte_for_byte(tmp_path: Path
 def test_kept_states_are_the_rounds_shared_and_start_states(tmp_path: Path) -> None:
     cfg = parse_config(raw(attacks=[], output={"save_shared": True, "plots": False}))
     run = api.run(cfg, out_dir=tmp_path).run_dir
-    shared1, starts1 = load(run / "shared", 1)
-    shared2, starts2 = load(run / "shared", 2)
+    shared1, starts1, heard = load(run / "shared", 1)
+    shared2, starts2, _ = load(run / "shared", 2)
+    assert heard is None  # what the attackers heard: mode: async only
     assert shared1.shape == starts1.shape == (cfg.nodes, shared1.shape[1])
     assert bool((starts1 == starts1[0]).all())  # round 1 starts from the one initial model
     assert not np.array_equal(shared1.numpy(), starts1.numpy())  # training moved them
@@ -107,3 +108,25 @@ def test_inversion_attacks_replay_on_the_kept_start_states(tmp_path: Path) -> No
     seconds = re.compile(r'"seconds": [0-9.e+-]+')
     lines = [[seconds.sub('"seconds": 0', line) for line in attack_lines(d)] for d in (live, replay)]
     assert len(lines[0]) == 2 and lines[0] == lines[1]
+
+
+def test_async_replays_attack_the_messages_each_attacker_heard(tmp_path: Path) -> None:
+    """mode: async: a kept round holds what every attacker heard (messages, times, iterations, their
+    senders' starts and the messages before), so membership and inversion replays write the live run's
+    records (inversion ``seconds`` aside)."""
+    import re
+
+    attacks = [{"name": "loss", "every": 1, "samples": 40}, {"name": "loss", "access": "params", "every": 1, "samples": 40},
+               {"name": "idlg", "every": 2, "params": {"iterations": 3}},
+               {"name": "dlg", "every": 2, "params": {"iterations": 2, "knowledge": "observed"}}]
+    uneven = {"mode": "async", "rounds": 3, "defenses": [],
+              "async": {"protocol": "push_one", "speed_sigma": 0.6, "latency": 0.2, "speeds": {0: 2.0}}}
+    live = api.run(parse_config(raw(attacks=attacks, output={"plots": False}, **uneven)), out_dir=tmp_path / "l").run_dir
+    kept = api.run(parse_config(raw(attacks=[], output={"save_shared": True, "plots": False}, **uneven)),
+                   out_dir=tmp_path / "k").run_dir
+    _, _, heard = load(kept / "shared", 3)
+    assert heard is not None and heard[1] and all(not heard[i] for i in (0, 2, 3))  # the attacker's only
+    replay = api.attack(kept, [f"attacks={json.dumps(attacks)}"]).run_dir
+    seconds = re.compile(r'"seconds": [0-9.e+-]+')
+    lines = [[seconds.sub('"seconds": 0', line) for line in attack_lines(d)] for d in (live, replay)]
+    assert any('"message_time"' in line and '"inversion"' in line for line in lines[0]) and lines[0] == lines[1]
