@@ -208,6 +208,7 @@ class AsyncConfig(Strict):
     bandwidth: float | None = Field(None, gt=0.0, description="bytes per time unit of every link (default: unlimited)")
     latencies: dict[int, float] = Field(default_factory=dict, description="node -> latency of the messages it sends, replacing latency")
     bandwidths: dict[int, float] = Field(default_factory=dict, description="node -> bandwidth of the messages it sends, replacing bandwidth")
+    log_mixes: bool = Field(False, description="write every mix of every interval to mixes/round-NNNN.csv: when, who, which sender's iteration, its age and lag")
     trace: str | None = Field(None, description="CSV with a header: node and any of speed, latency, bandwidth; read when the config is parsed into speeds, latencies and bandwidths (entries given here win), then cleared")
     churn: list[ChurnSpec] = Field(default_factory=list, description="offline intervals")
 

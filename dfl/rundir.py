@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,13 @@ class RunDir:
         text = "".join(json.dumps(_finite(rec), sort_keys=False, allow_nan=False) + "\n" for rec in records)
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(text)
+
+    def write_mixes(self, round_no: int, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """``mixes/round-NNNN.csv`` (``mode: async`` with ``async.log_mixes``): one line per mix, written
+        whole (a replayed round after a resume or a fault rewrites its file)."""
+        (self.path / "mixes").mkdir(exist_ok=True)
+        lines = [",".join(columns)] + [",".join(repr(v) if isinstance(v, float) else str(v) for v in row) for row in rows]
+        _atomic_write(self.path / "mixes" / f"round-{round_no:04d}.csv", ("\n".join(lines) + "\n").encode())
 
     def metrics_size(self) -> int:
         return (self.path / "metrics.jsonl").stat().st_size

@@ -20,7 +20,11 @@ end come:
   time it was sent (``heard``);
 * evaluation of every node's current model (its last trained state, before it mixes what has
   arrived: the synchronous loop evaluates after mixing);
-* the ``round`` summary with the simulated ``time`` and the ``messages`` delivered.
+* the ``round`` summary with the simulated ``time`` and the ``messages`` delivered;
+* with ``async.log_mixes``, every mix of the interval (:data:`MIX_COLUMNS`: the wake's time, node and
+  iteration, the sender and the iteration its message carried, when it was sent, its age and lag) in
+  ``mixes/round-NNNN.csv`` of the run directory, a file per round so that a resumed run rewrites
+  exactly the rounds it replays.
 
 Wakes train in *waves*, one engine call each: a wave holds every wake of the interval whose inputs the
 waves before it have trained (so in lockstep a round is one wave, and uneven speeds cost a few waves an
@@ -76,6 +80,9 @@ class _Wake:
     wave: int
 
 
+MIX_COLUMNS = ("time", "node", "iteration", "sender", "sender_iteration", "sent", "age", "lag")
+
+
 def timing(cfg: ExperimentConfig, n_state: int) -> Timing:
     """The :class:`Timing` of ``cfg.async``: speeds (drawn and overridden), links (per node where given) and churn."""
     a = cfg.async_
@@ -122,6 +129,7 @@ class AsyncRounds:
         self.previous: dict[int, dict[int, tuple[float, int]]] = {a: {} for a in self.watched}  # heard before the newest
         self.time = 0.0
         self.waves = 0  # the engine calls that trained the last interval
+        self.mixes: list[tuple[float, int, int, int, int, float, float, int]] = []  # the last interval's (MIX_COLUMNS)
 
     def skip_to(self, round_idx: int) -> None:
         """Advance the schedule past the events of the rounds before ``round_idx`` (a resume)."""
@@ -144,6 +152,7 @@ class AsyncRounds:
                                         "mixed": 0, "ages": [], "lags": []} for _ in range(n)]
         waves: dict[Key, int] = {}  # the wave of each wake planned in this interval
         plan: list[_Wake] = []
+        self.mixes = []
         while self._next is not None and _closes(self._next, end):
             event, self._next = self._next, next(self._events, None)
             if event.kind == WAKE:
@@ -199,6 +208,8 @@ class AsyncRounds:
         s["mixed"] += len(inbox)
         s["ages"] += [event.time - inbox[j][0] for j in inbox]
         s["lags"] += [k - 1 - inbox[j][1] for j in inbox]
+        self.mixes += [(event.time, i, k, j, inbox[j][1], inbox[j][0], event.time - inbox[j][0], k - 1 - inbox[j][1])
+                       for j in sorted(inbox)]
         return _Wake(i, k, [None if j == i else (j, inbox[j][1]) for j in cols], weights / weights.sum(), wave)
 
     def _kept(self) -> set[Key]:

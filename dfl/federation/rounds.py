@@ -25,7 +25,7 @@ import torch
 
 from dfl.config import ExperimentConfig
 from dfl.errors import EngineFault
-from dfl.federation.asynchronous import AsyncRounds, Message
+from dfl.federation.asynchronous import MIX_COLUMNS, AsyncRounds, Message
 from dfl.federation.engine import Engine
 from dfl.federation.participant import shared_tensors
 from dfl.federation.population import Population
@@ -159,6 +159,8 @@ class Federation:
             records += obs.observe(round_idx, graph, shared, self._starts(), **heard)
         if self.cfg.mode == "async":
             timing = {"time": rounds.time, "messages": int(sum(s["received"] for s in stats))}
+            if self.cfg.async_.log_mixes and self.rundir is not None:
+                self.rundir.write_mixes(r, MIX_COLUMNS, rounds.mixes)
         else:
             W = self.mixing_matrix(graph)
             new = self.engine.mix(W, shared)

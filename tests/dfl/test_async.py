@@ -3,11 +3,13 @@ byte-identical reruns and resumes."""
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import pytest
 import torch
 
@@ -62,7 +64,7 @@ def test_a_straggler_shows_in_the_records(tiny: dict[str, Any]) -> None:
 def test_async_reruns_and_resumes_byte_identically(tiny: dict[str, Any], write_cfg, tmp_path: Path, protocol: str) -> None:
     tiny.update(rounds=4, mode="async", eval={"every": 2},
                 **{"async": {"protocol": protocol, "speed_sigma": 0.5, "latency": 0.3, "bandwidth": 4000.0,
-                             "churn": [{"node": 2, "start": 1.5, "end": 2.5}]}})
+                             "churn": [{"node": 2, "start": 1.5, "end": 2.5}], "log_mixes": True}})
     tiny["attacks"] = [{"name": "loss", "access": "params", "every": 2},  # and one that needs the senders' starts
                        {"name": "idlg", "every": 2, "params": {"iterations": 2, "knowledge": "observed"}}]
     tiny["data"]["auxiliary_fraction"] = 0.2
@@ -77,6 +79,20 @@ def test_async_reruns_and_resumes_byte_identically(tiny: dict[str, Any], write_c
     want = metrics(whole)
     assert metrics(again) == want and metrics(resumed) == want
     assert b'"kind": "mia"' in want and b'"lag_mean"' in want and b'"kind": "inversion"' in want
+
+    def mixes(run: Any) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted((run.run_dir / "mixes").iterdir())}
+
+    assert list(mixes(whole)) == [f"round-000{r}.csv" for r in range(1, 5)] and mixes(resumed) == mixes(whole)
+    train = [r for r in RunDir(whole.run_dir).records() if r["kind"] == "train"]
+    for r in train:  # every mix of the interval, one line each: the train records' counts and ages
+        with open(whole.run_dir / "mixes" / f"round-{r['round']:04d}.csv") as f:
+            rows = [row for row in csv.DictReader(f) if int(row["node"]) == r["node"]]
+        assert len(rows) == r["mixed"]
+        if rows:
+            assert float(np.mean([float(x["age"]) for x in rows])) == pytest.approx(r["staleness_mean"])
+            assert max(int(x["lag"]) for x in rows) == r["lag_max"]
+            assert all(float(x["age"]) == pytest.approx(float(x["time"]) - float(x["sent"])) for x in rows)
     mia = [r for r in RunDir(whole.run_dir).records() if r["kind"] == "mia"]
     assert mia and all(r["message_time"] <= r["round"] * 1.0 - 0.3 for r in mia)  # sent before it could arrive
 
