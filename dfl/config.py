@@ -193,6 +193,15 @@ class ChurnSpec(Strict):
         return self
 
 
+class LinkSpec(Strict):
+    """The link between nodes ``u`` and ``v`` (both ways): its own latency and bandwidth, where given."""
+
+    u: int = Field(ge=0)
+    v: int = Field(ge=0)
+    latency: float | None = Field(None, ge=0.0)
+    bandwidth: float | None = Field(None, gt=0.0)
+
+
 class AsyncConfig(Strict):
     """``mode: async``: nodes at their own speed over links with latency (``dfl.federation.events``).
 
@@ -208,6 +217,8 @@ class AsyncConfig(Strict):
     bandwidth: float | None = Field(None, gt=0.0, description="bytes per time unit of every link (default: unlimited)")
     latencies: dict[int, float] = Field(default_factory=dict, description="node -> latency of the messages it sends, replacing latency")
     bandwidths: dict[int, float] = Field(default_factory=dict, description="node -> bandwidth of the messages it sends, replacing bandwidth")
+    links: list[LinkSpec] = Field(default_factory=list, description="links (graph edges) with their own latency or bandwidth, replacing their sender's")
+    link_trace: str | None = Field(None, description="CSV with a header: u, v and any of latency, bandwidth; read into links when the config is parsed (links given here win), then cleared")
     log_mixes: bool = Field(False, description="write every mix of every interval to mixes/round-NNNN.csv: when, who, which sender's iteration, its age and lag")
     trace: str | None = Field(None, description="CSV with a header: node and any of speed, latency, bandwidth; read when the config is parsed into speeds, latencies and bandwidths (entries given here win), then cleared")
     churn: list[ChurnSpec] = Field(default_factory=list, description="offline intervals")

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from dfl.attack import target_errors
-from dfl.config import ExperimentConfig
+from dfl.config import ExperimentConfig, LinkSpec
 from dfl.defense import TrainingDefense
 from dfl.errors import ConfigError
 from dfl.models import build_model
@@ -186,44 +186,64 @@ TRACE_BOUNDS = {"speed": "positive (iterations per time unit)", "latency": ">= 0
 def read_trace(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     """``async.trace``: a CSV file with a header, ``node`` and any of ``speed``, ``latency`` and
     ``bandwidth`` (an empty cell: not given), read into ``async.speeds``, ``latencies`` and
-    ``bandwidths``; entries the config gives itself win. ``trace`` is then cleared, so the run
-    directory's config holds the values it ran with and a resume does not read the file again."""
+    ``bandwidths``; ``async.link_trace``: ``u``, ``v`` and any of ``latency`` and ``bandwidth``, read
+    into ``async.links``. Entries the config gives itself win. Both are then cleared, so the run
+    directory's config holds the values it ran with and a resume does not read the files again."""
     a = cfg.async_
-    if a.trace is None:
-        return []
-    path = Path(a.trace).expanduser()
+    errors: list[tuple[str, str]] = []
+    if a.trace is not None:
+        rows = _trace_rows("async.trace", a.trace, ("node",), ("speed", "latency", "bandwidth"), cfg.nodes, errors)
+        read: dict[str, dict[int, float]] = {field: {} for field in TRACE_COLUMNS.values()}
+        for (node,), values in rows:
+            for column, value in values.items():
+                read[TRACE_COLUMNS[column]][node] = value
+        for field, got in read.items():
+            setattr(a, field, {**got, **getattr(a, field)})
+        a.trace = None
+    if a.link_trace is not None:
+        given = {frozenset((link.u, link.v)) for link in a.links}
+        rows = _trace_rows("async.link_trace", a.link_trace, ("u", "v"), ("latency", "bandwidth"), cfg.nodes, errors)
+        a.links = a.links + [LinkSpec(u=u, v=v, **values) for (u, v), values in rows if frozenset((u, v)) not in given]
+        a.link_trace = None
+    return errors
 
-    def error(text: str) -> list[tuple[str, str]]:
-        return [("async.trace", f"{a.trace!r}: {text}")]
+
+def _trace_rows(field: str, name: str, keys: tuple[str, ...], columns: tuple[str, ...], nodes: int,
+                errors: list[tuple[str, str]]) -> list[tuple[tuple[int, ...], dict[str, float]]]:
+    """The lines of a trace CSV ``name``: node ids under ``keys`` and numbers under any of ``columns``
+    (an empty cell: not given), checked; on the first bad line one error at ``field`` and nothing read."""
+    def error(text: str) -> list[tuple[tuple[int, ...], dict[str, float]]]:
+        errors.append((field, f"{name!r}: {text}"))
+        return []
 
     try:
-        rows = list(csv.DictReader(path.read_text().splitlines()))
+        lines = list(csv.DictReader(Path(name).expanduser().read_text().splitlines()))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        return error(f"cannot read it ({exc}); give a CSV file with a header: node,speed,latency,bandwidth")
-    columns = list(rows[0]) if rows else []
-    unknown = [c for c in columns if c != "node" and c not in TRACE_COLUMNS]
-    if "node" not in columns or unknown:
-        return error(f"columns {columns} must be node and any of {', '.join(TRACE_COLUMNS)}"
+        return error(f"cannot read it ({exc}); give a CSV file with a header: {','.join(keys + columns)}")
+    found = list(lines[0]) if lines else []
+    unknown = [c for c in found if c not in keys and c not in columns]
+    if any(k not in found for k in keys) or unknown:
+        return error(f"columns {found} must be {' and '.join(keys)} and any of {', '.join(columns)}"
                      + (f" (unknown: {', '.join(map(str, unknown))})" if unknown else ""))
-    read: dict[str, dict[int, float]] = {field: {} for field in TRACE_COLUMNS.values()}
-    for line, row in enumerate(rows, start=2):
+    out: list[tuple[tuple[int, ...], dict[str, float]]] = []
+    seen: set[frozenset[int]] = set()
+    for line, row in enumerate(lines, start=2):
         try:
-            node = int(row["node"])
-            values = {c: float(v) for c, v in row.items() if c != "node" and v not in ("", None)}
+            ids = tuple(int(row[k]) for k in keys)
+            values = {c: float(v) for c, v in row.items() if c not in keys and v not in ("", None)}
         except (TypeError, ValueError):
             return error(f"line {line} {dict(row)} is not numbers; give node ids and numbers")
-        if not 0 <= node < cfg.nodes:
-            return error(f"line {line}: node id {node} is out of range; ids run from 0 to {cfg.nodes - 1}")
-        if node in read["speeds"] or node in read["latencies"] or node in read["bandwidths"]:
-            return error(f"line {line}: node {node} appears twice; give each node one line")
+        bad = [i for i in ids if not 0 <= i < nodes]
+        if bad:
+            return error(f"line {line}: node id {bad[0]} is out of range; ids run from 0 to {nodes - 1}")
+        if frozenset(ids) in seen:
+            return error(f"line {line}: {' '.join(map(str, ids))} appears twice; give each one line")
+        seen.add(frozenset(ids))
         for column, value in values.items():
             if not (value >= 0 if column == "latency" else value > 0) or not math.isfinite(value):
                 return error(f"line {line}: {column} {value} must be {TRACE_BOUNDS[column]} and finite")
-            read[TRACE_COLUMNS[column]][node] = value
-    for field, values in read.items():
-        setattr(a, field, {**values, **getattr(a, field)})
-    a.trace = None
-    return []
+        out.append((ids, values))
+    return out
 
 
 def resolve_plugins(cfg: ExperimentConfig) -> list[tuple[str, str]]:
@@ -299,6 +319,12 @@ def async_errors(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     for i, c in enumerate(cfg.async_.churn):
         if c.node >= cfg.nodes:
             errors.append((f"async.churn.{i}.node", f"node id {c.node} is out of range; ids run from 0 to {cfg.nodes - 1}"))
+    if cfg.async_.links:
+        graph = base_graph(cfg)
+        for i, link in enumerate(cfg.async_.links):
+            if not graph.has_edge(link.u, link.v):
+                errors.append((f"async.links.{i}", f"{link.u} - {link.v} is not a link of the {cfg.topology.name} "
+                                                   "graph; give pairs of neighbours"))
     for field, column in (("speeds", "speed"), ("latencies", "latency"), ("bandwidths", "bandwidth")):
         for node, value in getattr(cfg.async_, field).items():
             if not 0 <= node < cfg.nodes:

@@ -93,7 +93,9 @@ def timing(cfg: ExperimentConfig, n_state: int) -> Timing:
         offline.setdefault(c.node, []).append((c.start, c.end))
     return Timing(speeds=speeds, latency=a.latency, bandwidth=a.bandwidth if a.bandwidth else math.inf,
                   message_bytes=4 * n_state, offline={k: sorted(v) for k, v in offline.items()},
-                  latencies=dict(a.latencies), bandwidths=dict(a.bandwidths))
+                  latencies=dict(a.latencies), bandwidths=dict(a.bandwidths),
+                  links={pair: (link.latency, link.bandwidth) for link in a.links
+                         for pair in ((link.u, link.v), (link.v, link.u))})
 
 
 def _closes(event: Event, end: float) -> bool:
@@ -181,7 +183,7 @@ class AsyncRounds:
             stats[i]["sent"] += 1
         elif event.kind == ARRIVE:
             times = self.in_flight[i][(event.peer, k)]
-            message = (times.pop(0), k)  # a sender's messages all take the same time: FIFO
+            message = (times.pop(0), k)  # a link's messages all take the same time: FIFO
             if not times:
                 del self.in_flight[i][(event.peer, k)]
             held = self.inbox[i].get(event.peer)

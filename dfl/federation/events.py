@@ -7,9 +7,9 @@ the times is a model, not the training:
 
 * **compute**: iteration ``k`` of node ``i`` takes ``1 / speed_i`` time units (``speed``: a constant,
   one speed per node drawn from a log-normal with the run's seed, or speeds given per node);
-* **links**: a message sent at ``t`` by node ``i`` arrives at ``t + latency_i + size / bandwidth_i`` (each
-  node's values, by default the same for all: a node's access link decides, the receiver's is taken as
-  unlimited);
+* **links**: a message sent at ``t`` from node ``i`` to ``j`` arrives at ``t + latency + size / bandwidth``,
+  with the link's own values where given, else the sender's (its access link: the receiver's is taken
+  as unlimited), else everyone's;
 * **churn**: a node is offline in given intervals ``[start, end)``: it does not wake then (an
   iteration under way finishes and sends; the next one starts at ``end``), and messages that arrive
   while it is offline are lost;
@@ -103,11 +103,15 @@ class Timing:
     offline: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     latencies: dict[int, float] = field(default_factory=dict)
     bandwidths: dict[int, float] = field(default_factory=dict)
+    links: dict[tuple[int, int], tuple[float | None, float | None]] = field(default_factory=dict)
 
-    def transit(self, sender: int) -> float:
-        """How long a message of ``sender`` takes."""
-        bandwidth = self.bandwidths.get(sender, self.bandwidth)
-        return self.latencies.get(sender, self.latency) + (0.0 if math.isinf(bandwidth) else self.message_bytes / bandwidth)
+    def transit(self, sender: int, receiver: int = -1) -> float:
+        """How long a message from ``sender`` to ``receiver`` takes (``links`` holds both directions of a
+        link: ``(latency, bandwidth)``, ``None`` where the sender's value holds)."""
+        latency, bandwidth = self.links.get((sender, receiver), (None, None))
+        latency = self.latencies.get(sender, self.latency) if latency is None else latency
+        bandwidth = self.bandwidths.get(sender, self.bandwidth) if bandwidth is None else bandwidth
+        return latency + (0.0 if math.isinf(bandwidth) else self.message_bytes / bandwidth)
 
     def online_from(self, node: int, t: float) -> float:
         """The first instant at or after ``t`` when ``node`` is online."""
@@ -138,7 +142,7 @@ def schedule(graph: nx.Graph, timing: Timing, protocol: Protocol, seed: int, unt
     # the queue holds plain tuples in Event's field order: they compare as the events would, faster
     queue: list[tuple[float, int, int, int, int]] = [(timing.online_from(i, 0.0), WAKE, i, -1, 0) for i in range(n)]
     heapq.heapify(queue)
-    transit = [timing.transit(i) for i in range(n)]
+    transit = {(i, j): timing.transit(i, j) for i, j in graph.edges} | {(j, i): timing.transit(j, i) for i, j in graph.edges}
     started = [(-math.inf, -1)] * n  # each node's latest wake: (time, iteration)
     while queue:
         t, kind, i, peer, k = heapq.heappop(queue)
@@ -154,13 +158,13 @@ def schedule(graph: nx.Graph, timing: Timing, protocol: Protocol, seed: int, unt
                 heapq.heappush(queue, (done, SEND, i, j, k))
             heapq.heappush(queue, (timing.online_from(i, done), WAKE, i, -1, k + 1))
         elif kind == SEND:
-            heapq.heappush(queue, (t + transit[i], ARRIVE, peer, i, k))
+            heapq.heappush(queue, (t + transit[i, peer], ARRIVE, peer, i, k))
             if protocol.exchange and timing.is_online(peer, t):
                 began, m = started[peer]
                 m = m if began + 1.0 / timing.speeds[peer] <= t else m - 1
                 if m >= 0:
                     yield Event(t, SEND, peer, i, m)
-                    heapq.heappush(queue, (t + transit[peer], ARRIVE, i, peer, m))
+                    heapq.heappush(queue, (t + transit[peer, i], ARRIVE, i, peer, m))
 
 
 def _targets(protocol: Protocol, neighbours: list[int], seed: int, node: int, iteration: int) -> list[int]:

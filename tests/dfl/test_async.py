@@ -255,12 +255,36 @@ def test_gradient_inversion_attacks_the_messages_heard(tiny: dict[str, Any], wri
     assert any(r["start_error"] > 0 for r in uneven if r["knowledge"] == "observed" and r["iteration"] > 0)
 
 
+def test_links_take_their_own_latency_and_bandwidth(tiny: dict[str, Any], tmp_path: Path, write_cfg, capsys) -> None:
+    links = tmp_path / "links.csv"
+    links.write_text("u,v,latency,bandwidth\n0,1,2.5,\n2,1,,1000\n")
+    tiny.update(mode="async", attackers=[], **{"async": {"link_trace": str(links), "latency": 0.1,
+                                                         "links": [{"u": 1, "v": 2, "latency": 0.0}]}})
+    cfg = parse_config(tiny)
+    assert cfg.async_.link_trace is None
+    assert [(link.u, link.v, link.latency, link.bandwidth) for link in cfg.async_.links] == [(1, 2, 0.0, None), (0, 1, 2.5, None)]
+    train = [r for r in records(cfg.model_dump(mode="json")) if r["kind"] == "train"]
+    # iteration k is sent at k + 1: over 1 - 2 (the config's entry won over the file's) it is mixed at
+    # once, over the other links (latency 0.1) one wake later, and 0 -> 1 arrives at k + 3.5
+    at = {(r["round"], r["node"]): r for r in train}
+    assert (at[(2, 2)]["mixed"], at[(2, 2)]["staleness_max"], at[(2, 3)]["mixed"]) == (1, 0.0, 0)
+    assert (at[(3, 3)]["mixed"], at[(3, 3)]["staleness_max"]) == (2, 1.0)
+    assert all(at[(r, 1)]["received"] == at[(r, 1)]["mixed"] == 1 for r in (2, 3))  # nothing of node 0 yet
+    tiny["async"] = {"links": [{"u": 0, "v": 2}]}
+    assert main(["validate", str(write_cfg(tiny))]) == 2
+    assert "async.links.0: 0 - 2 is not a link of the ring graph" in capsys.readouterr().err
+    links.write_text("u,latency\n0,1\n")
+    tiny["async"] = {"link_trace": str(links)}
+    assert main(["validate", str(write_cfg(tiny))]) == 2
+    assert "async.link_trace" in (err := capsys.readouterr().err) and "must be u and v and any of latency" in err
+
+
 @pytest.mark.parametrize(("text", "needle"), [
     (None, "cannot read it"),
     ("node,speed,colour\n0,1,red\n", "unknown: colour"),
     ("speed\n1\n", "must be node and any of speed, latency, bandwidth"),
     ("node,speed\n7,1\n", "line 2: node id 7 is out of range"),
-    ("node,speed\n0,1\n0,2\n", "line 3: node 0 appears twice"),
+    ("node,speed\n0,1\n0,2\n", "line 3: 0 appears twice"),
     ("node,speed\n1,-2\n", "line 2: speed -2.0 must be positive"),
     ("node,latency\n1,x\n", "line 2 {'node': '1', 'latency': 'x'} is not numbers"),
 ])
