@@ -2,8 +2,8 @@
 
 A node's iteration ``k`` (its wake) mixes the newest message from each sender that reached it since it
 last mixed with its own state, by its row of the configured mixing matrix over itself and those
-senders, renormalised (all of them present: exactly the synchronous gossip row, :func:`dfl.mixing.gossip_row`),
-then trains one local budget with the batches of ``local_batches(seed, node, k)``. Its sends, when the
+senders, renormalised (all of them present: exactly the synchronous gossip row, :func:`dfl.mixing.gossip_row`;
+a protocol with ``uniform`` weights, such as ``pairwise``, weighs them all equally), then trains one local budget with the batches of ``local_batches(seed, node, k)``. Its sends, when the
 schedule says the iteration is done, carry that trained state; arrivals fill the receivers' inboxes.
 
 Round ``r`` of the records is the interval ``[r * interval, (r + 1) * interval)`` of simulated time,
@@ -64,6 +64,7 @@ class Message(NamedTuple):
     iteration: int
     start: torch.Tensor | None = None
     previous: torch.Tensor | None = None
+
 
 Key = tuple[int, int]  # (node, iteration): the state node's iteration trained, which its messages carry
 
@@ -234,9 +235,15 @@ class AsyncRounds:
             for key in w.sources:
                 if key is not None:
                     last_read[key] = max(last_read.get(key, 0), w.wave)
-        self.waves = len({w.wave for w in plan})
-        for wave in sorted({w.wave for w in plan}):
-            wakes = [w for w in plan if w.wave == wave]
+        by_wave: dict[int, list[_Wake]] = {}
+        for w in plan:
+            by_wave.setdefault(w.wave, []).append(w)
+        done_after: dict[int, list[Key]] = {}  # the states no later wave reads, by the wave that reads them last
+        for key, last in last_read.items():
+            if key not in keep:
+                done_after.setdefault(last, []).append(key)
+        self.waves = len(by_wave)
+        for wave, wakes in sorted(by_wave.items()):
             mixes: list[Mix] = [None if w.weights is None else
                                 ([None if key is None else self.states[key] for key in w.sources], w.weights)
                                 for w in wakes]
@@ -250,7 +257,7 @@ class AsyncRounds:
                 s["loss"] += st["loss"]
                 s["steps"] += st["steps"]
                 s["iterations"] += 1
-            for key in [key for key, last in last_read.items() if last == wave and key not in keep]:
+            for key in done_after.get(wave, []):
                 del self.states[key]
         self.states = {key: self.states[key] for key in keep}
         self.begun = {key: state for key, state in self.begun.items() if key in keep}
