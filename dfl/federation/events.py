@@ -6,7 +6,8 @@ done sends its state to the neighbours its protocol chooses, then wakes again at
 the times is a model, not the training:
 
 * **compute**: iteration ``k`` of node ``i`` takes ``1 / speed_i`` time units (``speed``: a constant,
-  one speed per node drawn from a log-normal with the run's seed, or speeds given per node);
+  one speed per node drawn from a log-normal with the run's seed, or speeds given per node, in the
+  config or a device trace);
 * **links**: a message sent at ``t`` from node ``i`` to ``j`` arrives at ``t + latency + size / bandwidth``,
   with the link's own values where given, else the sender's (its access link: the receiver's is taken
   as unlimited), else everyone's;
@@ -20,7 +21,8 @@ the times is a model, not the training:
 So the whole order of events is a pure function of the seed, the graph and these parameters: an engine
 replays it and the run is byte-identical whatever executes it, and across resume (the schedule
 position is all a checkpoint needs besides states and inboxes). Events come in time order; at one
-instant, sends come by node id, each followed by the arrivals it causes there (zero latency), and
+instant, sends come by node id, each followed by its answer (an exchange) and the arrivals they cause
+there (zero latency), and
 every arrival comes before any wake, so that a message that arrives exactly when its receiver wakes
 is mixed: with equal speeds, zero latency and ``push_all`` every node wakes at
 ``t = k`` with every neighbour's iteration ``k - 1`` state in its inbox, the synchronous round.
