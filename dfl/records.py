@@ -14,7 +14,8 @@ Keys beyond ``round``, ``node`` and ``kind``, by kind:
     ``loss`` (mean local training loss), ``steps`` (local steps taken); ``dp_epsilon`` for nodes that
     run ``dp_sgd`` (Opacus's RDP epsilon for every local step so far). With ``mode: async`` (one record
     per node and interval, :mod:`dfl.federation.asynchronous`): ``iterations`` started in the interval,
-    messages ``sent``, ``received`` and ``mixed``, the mixed messages' age in simulated time
+    messages ``sent``, ``received``, ``lost`` (arrived while it was offline) and ``mixed``, the mixed
+    messages' age in simulated time
     (``staleness_mean``, ``staleness_max``) and in iterations behind (``lag_mean``, ``lag_max``).
 ``eval``
     ``{split}_acc`` and ``{split}_loss`` for each split of ``eval.splits`` (train, holdout, test).

@@ -211,6 +211,19 @@ def test_gossip_rows_equals_gossip_row_on_each_row(counts: list[int], width: int
     assert torch.equal(gossip_rows(states, weights), want)
 
 
+def test_gossip_rows_in_blocks_of_rows_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows go through in cache-sized blocks; blocks of two rows give gossip_row's bits too."""
+    import dfl.mixing
+
+    g = torch.Generator().manual_seed(3)
+    counts = [3, 1, 2, 3, 1, 2, 2]
+    states = [[torch.randn(50, generator=g) for _ in range(c)] for c in counts]
+    weights = [np.random.default_rng(c).dirichlet(np.ones(c)) for c in counts]
+    want = torch.stack([gossip_row(torch.stack(s), w) for s, w in zip(states, weights, strict=True)])
+    monkeypatch.setattr(dfl.mixing, "GOSSIP_BLOCK_BYTES", 2 * 50 * 4)
+    assert torch.equal(gossip_rows(states, weights), want)
+
+
 def test_gossip_rows_validates_its_rows() -> None:
     with pytest.raises(ValueError, match="pair up"):
         gossip_rows([[torch.zeros(3)], []], [[1.0], []])

@@ -13,7 +13,8 @@ synchronous round would give it: the training losses are the synchronous ones, b
 end come:
 
 * each node's ``train`` record: ``loss`` and ``steps`` over the iterations that started in the
-  interval, ``iterations``, messages ``sent``, ``received`` and ``mixed``, the mixed messages' age in
+  interval, ``iterations``, messages ``sent``, ``received``, ``lost`` (arrived while it was offline)
+  and ``mixed``, the mixed messages' age in
   simulated time (``staleness_mean``, ``staleness_max``) and how many iterations their senders were
   behind the mixing node's previous one (``lag_mean``, ``lag_max``: 0 in lockstep);
 * the observers: an attacker sees, of each neighbour, the newest message that reached it, with the
@@ -48,7 +49,7 @@ import torch
 
 from dfl.config import ExperimentConfig
 from dfl.federation.engine import Engine, Mix
-from dfl.federation.events import ARRIVE, SEND, WAKE, Event, Timing, lognormal_speeds, make_protocol, schedule
+from dfl.federation.events import LOST, SEND, WAKE, Event, Timing, lognormal_speeds, make_protocol, schedule
 from dfl.mixing import gossip_rows
 from dfl.records import Record
 
@@ -97,6 +98,22 @@ def timing(cfg: ExperimentConfig, n_state: int) -> Timing:
                   latencies=dict(a.latencies), bandwidths=dict(a.bandwidths),
                   links={pair: (link.latency, link.bandwidth) for link in a.links
                          for pair in ((link.u, link.v), (link.v, link.u))})
+
+
+def _compact(states: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
+    """``states`` with the rows that keep a mostly unused buffer alive copied out into one new buffer.
+
+    A wave's trained states come back as one ``(wakes, n_state)`` tensor whose rows are kept as views;
+    a row still referred to long after the others were dropped would hold the whole wave's memory (and
+    write it into checkpoints). Rows whose buffer is more than half unused move; the others stay."""
+    rows: dict[int, list[Key]] = {}
+    for key, state in states.items():
+        rows.setdefault(state.untyped_storage().data_ptr(), []).append(key)
+    moved = [key for keys in rows.values()
+             if states[keys[0]].untyped_storage().nbytes() > 2 * len(keys) * states[keys[0]].nbytes for key in keys]
+    if not moved:
+        return states
+    return {**states, **dict(zip(moved, torch.stack([states[key] for key in moved]), strict=True))}
 
 
 def _closes(event: Event, end: float) -> bool:
@@ -152,7 +169,7 @@ class AsyncRounds:
         end = (round_idx + 1) * self.cfg.async_.interval
         n = self.cfg.nodes
         stats: list[dict[str, Any]] = [{"loss": 0.0, "steps": 0.0, "iterations": 0, "sent": 0, "received": 0,
-                                        "mixed": 0, "ages": [], "lags": []} for _ in range(n)]
+                                        "lost": 0, "mixed": 0, "ages": [], "lags": []} for _ in range(n)]
         waves: dict[Key, int] = {}  # the wave of each wake planned in this interval
         plan: list[_Wake] = []
         self.mixes = []
@@ -182,11 +199,14 @@ class AsyncRounds:
             self.in_flight[event.peer].setdefault((i, k), []).append(event.time)
             self.last_sent[i] = k
             stats[i]["sent"] += 1
-        elif event.kind == ARRIVE:
+        else:  # ARRIVE or LOST
             times = self.in_flight[i][(event.peer, k)]
             message = (times.pop(0), k)  # a link's messages all take the same time: FIFO
             if not times:
                 del self.in_flight[i][(event.peer, k)]
+            if event.kind == LOST:
+                stats[i]["lost"] += 1
+                return
             held = self.inbox[i].get(event.peer)
             if held is None or held[1] < k:  # the newest state of each sender
                 self.inbox[i][event.peer] = message
@@ -259,8 +279,8 @@ class AsyncRounds:
                 s["iterations"] += 1
             for key in done_after.get(wave, []):
                 del self.states[key]
-        self.states = {key: self.states[key] for key in keep}
-        self.begun = {key: state for key, state in self.begun.items() if key in keep}
+        self.states = _compact({key: self.states[key] for key in keep})
+        self.begun = _compact({key: state for key, state in self.begun.items() if key in keep})
 
     def _begin(self, wakes: list[tuple[_Wake, Mix]]) -> None:
         """Keep the states the watched attackers' neighbours start these wakes from: their current

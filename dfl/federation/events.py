@@ -13,7 +13,7 @@ the times is a model, not the training:
   as unlimited), else everyone's;
 * **churn**: a node is offline in given intervals ``[start, end)``: it does not wake then (an
   iteration under way finishes and sends; the next one starts at ``end``), and messages that arrive
-  while it is offline are lost;
+  while it is offline are lost (a ``LOST`` event in the arrival's place);
 * **protocol** (a :class:`Protocol` of the ``protocols`` registry, ``topologies/``): whom a node sends
   to when an iteration is done, drawn from a stream of (seed, node, iteration); an *exchange* protocol
   (pairwise averaging) has the partner answer at once with its newest finished state.
@@ -44,7 +44,8 @@ from dfl.registries import PROTOCOLS
 from dfl.seeding import ASYNC_SCHEDULE, numpy_rng
 
 ARRIVE, SEND, WAKE = 0, 1, 2  # the order of events at one instant
-KINDS = {ARRIVE: "arrive", SEND: "send", WAKE: "wake"}
+LOST = 3  # an arrival at a receiver that is offline: the message is dropped (at its arrival's place)
+KINDS = {ARRIVE: "arrive", SEND: "send", WAKE: "wake", LOST: "lost"}
 
 
 class Protocol:
@@ -79,7 +80,7 @@ def make_protocol(name: str) -> Protocol:
 
 @dataclass(frozen=True, order=True)
 class Event:
-    """One event: ``kind`` (:data:`ARRIVE`, :data:`SEND`, :data:`WAKE`) at ``time`` for ``node``.
+    """One event: ``kind`` (:data:`ARRIVE`, :data:`SEND`, :data:`WAKE`, :data:`LOST`) at ``time`` for ``node``.
 
     ``iteration``: the node's iteration that wakes or sends, or for an arrival the sender's iteration
     whose state the message carries; ``peer``: the receiver of a send, the sender of an arrival."""
@@ -151,7 +152,7 @@ def schedule(graph: nx.Graph, timing: Timing, protocol: Protocol, seed: int, unt
         if t >= until:
             return
         if kind == ARRIVE and not timing.is_online(i, t):
-            continue  # lost: its receiver is offline
+            kind = LOST  # its receiver is offline
         yield Event(t, kind, i, peer, k)
         if kind == WAKE:
             started[i] = (t, k)

@@ -146,7 +146,7 @@ class Federation:
             begun = self.engine.node_states(list(range(self.cfg.nodes))) if self.observers else None
             stats = rounds.play(round_idx)
             new = self.engine.node_states(list(range(self.cfg.nodes)))
-            shared = rounds.shared(new)
+            shared = rounds.shared(new) if self.observers else new  # only the observers read it
             if begun is not None:  # the observers' start states: the nodes' states as the interval began
                 self.starts = begun
         else:

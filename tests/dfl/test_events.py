@@ -9,7 +9,7 @@ import pytest
 
 import topologies  # noqa: F401  (registers the built-in protocols)
 from dfl.errors import ConfigError
-from dfl.federation.events import ARRIVE, SEND, WAKE, Timing, lognormal_speeds, make_protocol, schedule
+from dfl.federation.events import ARRIVE, LOST, SEND, WAKE, Timing, lognormal_speeds, make_protocol, schedule
 
 
 def events(graph: nx.Graph, timing: Timing, protocol: str = "push_all", seed: int = 0, until: float = 3.5):
@@ -60,6 +60,8 @@ def test_an_offline_node_sleeps_and_loses_what_arrives_meanwhile() -> None:
     timing = Timing(speeds=[1.0] * 3, offline={1: [(1.5, 3.5)]})
     evs = events(nx.path_graph(3), timing, until=5)
     assert [e.time for e in evs if e.kind == WAKE and e.node == 1] == [0.0, 1.0, 3.5, 4.5]
+    lost = [(e.time, e.peer) for e in evs if e.kind == LOST]
+    assert lost == [(2.0, 0), (2.0, 2), (3.0, 0), (3.0, 2)]  # in the arrivals' place, every one of them
     assert not [e for e in evs if e.kind == ARRIVE and e.node == 1 and 1.5 <= e.time < 3.5]
     assert [e.time for e in evs if e.kind == ARRIVE and e.node == 1] == [1.0, 1.0, 4.0, 4.0]
 
