@@ -190,7 +190,8 @@ def gossip_rows(states: Sequence[Sequence[torch.Tensor]], weights: Sequence[Sequ
     """
     if len(states) != len(weights) or any(len(s) != len(w) or not len(s) for s, w in zip(states, weights, strict=False)):
         raise ValueError("states and weights must pair up row by row, with at least one state a row")
-    out = torch.empty((len(states), states[0][0].numel()), dtype=states[0][0].dtype)
+    first = states[0][0]
+    out = torch.empty((len(states), first.numel()), dtype=first.dtype, device=first.device)
     block = max(1, GOSSIP_BLOCK_BYTES // max(1, out[0].nbytes))  # rows whose sum stays in cache across its terms
     with torch.no_grad():
         for lo in range(0, len(states), block):
@@ -204,13 +205,13 @@ def _accumulate_rows(states: Sequence[Sequence[torch.Tensor]], weights: Sequence
     for k in range(max(len(s) for s in states)):
         rows = [r for r, s in enumerate(states) if len(s) > k]
         xs = torch.stack([states[r][k] for r in rows])
-        w = torch.tensor([float(weights[r][k]) for r in rows], dtype=torch.float64).to(out.dtype).unsqueeze(1)
+        w = torch.tensor([float(weights[r][k]) for r in rows], dtype=torch.float64).to(out.device, out.dtype).unsqueeze(1)
         if k == 0:
             torch.mul(xs, w, out=out)
         elif len(rows) == len(states):
             out.add_(xs.mul_(w))
         else:
-            index = torch.tensor(rows)
+            index = torch.tensor(rows, device=out.device)
             out.index_copy_(0, index, out.index_select(0, index).add_(xs.mul_(w)))
 
 

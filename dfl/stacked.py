@@ -276,7 +276,7 @@ class Optimizer:
         sub = Optimizer(self.o, len(rows), self.n_params, self.device)
         for name in ("m", "v", "t", "buf", "stepped"):
             if getattr(self, name, None) is not None:
-                setattr(sub, name, getattr(self, name)[rows].clone())
+                setattr(sub, name, getattr(self, name).index_select(0, rows))  # a copy
         return sub
 
     def put(self, rows: torch.Tensor, sub: Optimizer) -> None:

@@ -52,10 +52,10 @@ from torch.func import functional_call, vmap
 
 from dfl.config import defended_nodes
 from dfl.defense import ShareDefense, TrainingDefense
-from dfl.federation.engine import Engine
+from dfl.federation.engine import Engine, Mix
 from dfl.federation.participant import local_order
 from dfl.federation.population import Population
-from dfl.mixing import GossipPlan, gossip_stacked
+from dfl.mixing import GossipPlan, gossip_rows, gossip_stacked
 from dfl.registries import DEFENSES
 from dfl.seeding import LOCAL_TRAIN, TRAIN_DEFENSE, derive_seeds, torch_generator
 from dfl.stacked import (
@@ -236,10 +236,26 @@ class BatchedEngine(Engine):
         run with each node's iteration as the round (its defense stream and progress), as the serial
         participant's ``train_round(iteration)`` runs them."""
         rows = torch.as_tensor(ids, device=self.device)
+        return self._train_gathered(ids, iterations, self.flat.index_select(0, rows))
+
+    def wake(self, ids: list[int], iterations: list[int], mixes: list[Mix]) -> tuple[list[dict[str, float]], torch.Tensor]:
+        """:func:`dfl.federation.engine.wake_nodes` with one gather and one write-back of the rows: the
+        mix is made on the gathered rows (the same arithmetic, so the same bits), trained there, written
+        back, and the gathered rows are the trained states returned."""
+        flat = self.flat.index_select(0, torch.as_tensor(ids, device=self.device))
+        if any(m is not None for m in mixes):
+            flat = gossip_rows([[row] if m is None else [row if x is None else x.to(self.device) for x in m[0]]
+                                for row, m in zip(flat, mixes, strict=True)],
+                               [[1.0] if m is None else m[1] for m in mixes])
+        stats = self._train_gathered(ids, iterations, flat)
+        return stats, flat.cpu()
+
+    def _train_gathered(self, ids: list[int], iterations: list[int], flat: torch.Tensor) -> list[dict[str, float]]:
+        """:meth:`train_nodes` on ``flat``, rows ``ids``'s states gathered: trained in place and written back."""
+        rows = torch.as_tensor(ids, device=self.device)
         seeds = derive_seeds(self.cfg.seed, LOCAL_TRAIN, np.asarray([self.ids[i] for i in ids], dtype=np.int64),
                              np.asarray(iterations, dtype=np.int64))
         drawn = [local_order(s, self.train_counts[i], self.training) for s, i in zip(seeds, ids, strict=True)]
-        flat = self.flat[rows].clone()
         start = flat.clone() if any(i in self.share_defenses for i in ids) else None
         opt = self.opt.take(rows)
         if self.training.reset_optimizer:

@@ -222,9 +222,9 @@ class BatchedShardHost:
         return self.engine.node_states(self._rows(ids)).numpy()
 
     def wake(self, ids: list[int], iterations: list[int], mixes: list[Any]) -> tuple[list[dict[str, float]], np.ndarray]:
-        """``mode: async``: :func:`wake_nodes` on the shard's batched engine (its rows are local)."""
-        stats, states = wake_nodes(self.engine, self._rows(ids), iterations, _mixes(mixes))
-        return stats, states.cpu().numpy()
+        """``mode: async``: the shard's batched engine wakes them (its rows are local)."""
+        stats, states = self.engine.wake(self._rows(ids), iterations, _mixes(mixes))
+        return stats, states.numpy()
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self.engine.snapshot()
