@@ -39,7 +39,7 @@ from dfl.adversary.gradients import pseudo_gradient
 from dfl.adversary.reference import reference_classifier
 from dfl.attack import InversionAttack, round_targets, scheduled
 from dfl.config import AttackSpec, ExperimentConfig
-from dfl.federation.participant import flatten_into_views, load_flat, local_batches, shared_tensors
+from dfl.federation.participant import flatten_into_views, load_flat, local_batches
 from dfl.federation.population import Population
 from dfl.metrics.graph import GraphContext
 from dfl.metrics.images import mse, pair, psnr, ssim, to_pixels
@@ -69,10 +69,6 @@ class Inverter:
                 self.attacks.append((i, spec, entry.obj(entry.parse_params(spec.params, f"attacks.{i}.params"))))
         self._previous: tuple[nx.Graph, torch.Tensor] | None = None  # last round's graph and shared states
         self._reference: tuple[nn.Module, float] | None = None
-
-    def _initial(self) -> torch.Tensor:
-        """The initial model's state, common knowledge."""
-        return torch.cat([t.detach().reshape(-1).float() for t in shared_tensors(self.population.template())])
 
     def reference(self) -> tuple[nn.Module, float]:
         if self._reference is None:
@@ -112,7 +108,7 @@ class Inverter:
                         elif v in heard[a]:
                             m = heard[a][v]
                             guess = m.previous if m.previous is not None else (
-                                self._initial() if m.iteration == 0 else shared_cpu[a])
+                                self.population.initial_state() if m.iteration == 0 else shared_cpu[a])
                             record = self._attack_one(i, spec, attack, a, v, round_idx, m.state, m.start,
                                                       lambda g=guess: g, m.iteration)
                             record.update(iteration=m.iteration, message_time=m.time)

@@ -52,10 +52,10 @@ from torch.func import functional_call, vmap
 
 from dfl.config import defended_nodes
 from dfl.defense import ShareDefense, TrainingDefense
-from dfl.federation.engine import Engine, Mix
+from dfl.federation.engine import Engine, Mix, mixed
 from dfl.federation.participant import local_order
 from dfl.federation.population import Population
-from dfl.mixing import GossipPlan, gossip_rows, gossip_stacked
+from dfl.mixing import GossipPlan, gossip_stacked
 from dfl.registries import DEFENSES
 from dfl.seeding import LOCAL_TRAIN, TRAIN_DEFENSE, derive_seeds, torch_generator
 from dfl.stacked import (
@@ -244,9 +244,7 @@ class BatchedEngine(Engine):
         back, and the gathered rows are the trained states returned."""
         flat = self.flat.index_select(0, torch.as_tensor(ids, device=self.device))
         if any(m is not None for m in mixes):
-            flat = gossip_rows([[row] if m is None else [row if x is None else x.to(self.device) for x in m[0]]
-                                for row, m in zip(flat, mixes, strict=True)],
-                               [[1.0] if m is None else m[1] for m in mixes])
+            flat = mixed(flat, mixes)
         stats = self._train_gathered(ids, iterations, flat)
         return stats, flat.cpu()
 

@@ -337,10 +337,12 @@ class RayEngine(Engine):
                 out[i] = s
         return out
 
-    def _assemble(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        states = torch.empty((self.n, arrays[0].shape[1]), dtype=torch.float32)
-        for ids, arr in zip(self.shards, arrays, strict=True):
-            states[ids] = _tensor(arr)
+    def _assemble(self, arrays: list[np.ndarray], rows: list[list[int]] | None = None) -> torch.Tensor:
+        """One tensor of the shards' arrays, ``arrays[s]`` at rows ``rows[s]`` (default: each shard's nodes)."""
+        rows = self.shards if rows is None else rows
+        states = torch.empty((sum(map(len, rows)), arrays[0].shape[1]), dtype=torch.float32)
+        for at, arr in zip(rows, arrays, strict=True):
+            states[at] = _tensor(arr)
         return states
 
     def share(self) -> torch.Tensor:
@@ -356,13 +358,8 @@ class RayEngine(Engine):
 
     def node_states(self, ids: list[int]) -> torch.Tensor:
         by_shard = self._by_shard(ids)
-        out = torch.empty((len(ids), 0))
-        for s, arr in zip(by_shard, self._get([self.actors[s].states_of.remote([ids[k] for k in ks])
-                                                 for s, ks in by_shard.items()]), strict=True):
-            if out.shape[1] == 0:
-                out = torch.empty((len(ids), arr.shape[1]), dtype=torch.float32)
-            out[by_shard[s]] = _tensor(arr)
-        return out
+        arrays = self._get([self.actors[s].states_of.remote([ids[k] for k in ks]) for s, ks in by_shard.items()])
+        return self._assemble(arrays, list(by_shard.values()))
 
     def _by_shard(self, ids: list[int]) -> dict[int, list[int]]:
         """The positions in ``ids`` of each shard's nodes, shards in order."""
@@ -386,15 +383,12 @@ class RayEngine(Engine):
             [ids[k] for k in ks], [iterations[k] for k in ks],
             [None if mixes[k] is None else ([None if x is None else ref(x) for x in mixes[k][0]], mixes[k][1])
              for k in ks]) for s, ks in by_shard.items()]
+        got = self._get(refs)
         stats: list[dict[str, float]] = [{} for _ in ids]
-        states = torch.empty((len(ids), 0))
-        for ks, (st, arr) in zip(by_shard.values(), self._get(refs), strict=True):
-            if states.shape[1] == 0:
-                states = torch.empty((len(ids), arr.shape[1]), dtype=torch.float32)
-            states[ks] = _tensor(arr)
+        for ks, (st, _) in zip(by_shard.values(), got, strict=True):
             for k, row_stats in zip(ks, st, strict=True):
                 stats[k] = row_stats
-        return stats, states
+        return stats, self._assemble([arr for _, arr in got], list(by_shard.values()))
 
     def evaluate(self, splits: list[str], round_idx: int | None = None) -> list[dict[str, float]]:
         per = self._get([a.evaluate.remote(splits, round_idx) for a in self.actors])

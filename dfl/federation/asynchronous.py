@@ -48,9 +48,8 @@ import numpy as np
 import torch
 
 from dfl.config import ExperimentConfig
-from dfl.federation.engine import Engine, Mix
+from dfl.federation.engine import Engine, Mix, mixed
 from dfl.federation.events import LOST, SEND, WAKE, Event, Timing, lognormal_speeds, make_protocol, schedule
-from dfl.mixing import gossip_rows
 from dfl.records import Record
 
 
@@ -231,8 +230,9 @@ class AsyncRounds:
         s["mixed"] += len(inbox)
         s["ages"] += [event.time - inbox[j][0] for j in inbox]
         s["lags"] += [k - 1 - inbox[j][1] for j in inbox]
-        self.mixes += [(event.time, i, k, j, inbox[j][1], inbox[j][0], event.time - inbox[j][0], k - 1 - inbox[j][1])
-                       for j in sorted(inbox)]
+        if self.cfg.async_.log_mixes:
+            self.mixes += [(event.time, i, k, j, inbox[j][1], inbox[j][0], event.time - inbox[j][0], k - 1 - inbox[j][1])
+                           for j in sorted(inbox)]
         return _Wake(i, k, [None if j == i else (j, inbox[j][1]) for j in cols], weights / weights.sum(), wave)
 
     def _kept(self) -> set[Key]:
@@ -284,14 +284,10 @@ class AsyncRounds:
 
     def _begin(self, wakes: list[tuple[_Wake, Mix]]) -> None:
         """Keep the states the watched attackers' neighbours start these wakes from: their current
-        states mixed as the engine mixes them (:func:`wake_nodes`' arithmetic, so the very same bits)."""
+        states mixed as the engine mixes them (:func:`dfl.federation.engine.mixed`, so the very same bits)."""
         if not wakes:
             return
-        ids = [w.node for w, _ in wakes]
-        current = self.engine.node_states(ids)
-        begun = gossip_rows([[row] if m is None else [row if x is None else x for x in m[0]]
-                             for row, (_, m) in zip(current, wakes, strict=True)],
-                            [[1.0] if m is None else m[1] for _, m in wakes])
+        begun = mixed(self.engine.node_states([w.node for w, _ in wakes]), [m for _, m in wakes])
         for (w, _), row in zip(wakes, begun, strict=True):
             self.begun[(w.node, w.iteration)] = row
 

@@ -35,12 +35,17 @@ def wake_nodes(host: NodeHost, ids: list[int], iterations: list[int],
     state and the given ones (:func:`dfl.mixing.gossip_rows`; ``None``: it mixes nothing), then trains
     its iteration ``iterations[k]``. Returns the per-node stats and the trained states (copies)."""
     if any(m is not None for m in mixes):
-        current = host.node_states(ids)
-        host.set_node_states(ids, gossip_rows(
-            [[row] if m is None else [row if x is None else x for x in m[0]] for row, m in zip(current, mixes, strict=True)],
-            [[1.0] if m is None else m[1] for m in mixes]))
+        host.set_node_states(ids, mixed(host.node_states(ids), mixes))
     stats = host.train_nodes(ids, iterations)
     return stats, host.node_states(ids)
+
+
+def mixed(current: torch.Tensor, mixes: list[Mix]) -> torch.Tensor:
+    """Row ``k`` of ``current`` mixed by ``mixes[k]`` (:func:`dfl.mixing.gossip_rows`, the given states on
+    the rows' device); a row without a mix comes back as it is (times 1)."""
+    return gossip_rows([[row] if m is None else [row if x is None else x.to(row.device) for x in m[0]]
+                        for row, m in zip(current, mixes, strict=True)],
+                       [[1.0] if m is None else m[1] for m in mixes])
 
 
 def guarded(what: str, node: int, round_idx: int | None, fn: Callable[[], R]) -> R:

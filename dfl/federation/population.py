@@ -81,6 +81,10 @@ class Population:
     def device(self) -> torch.device:
         return resolve_device(self.cfg.device)
 
+    def initial_state(self) -> torch.Tensor:
+        """The initial model's shared state as one flat float32 vector (common knowledge)."""
+        return torch.cat([t.detach().reshape(-1).float() for t in shared_tensors(self.template())])
+
     def template(self) -> nn.Module:
         """The initial model every node starts from (built once per process, seeded)."""
         if self._template is None:

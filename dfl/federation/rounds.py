@@ -92,8 +92,7 @@ class Federation:
 
     def _starts(self) -> torch.Tensor:
         if self.starts is None:
-            flat = torch.cat([t.detach().reshape(-1).float() for t in shared_tensors(self.population.template())])
-            self.starts = flat.expand(self.cfg.nodes, -1)
+            self.starts = self.population.initial_state().expand(self.cfg.nodes, -1)
         return self.starts
 
     def mixing_matrix(self, graph: nx.Graph) -> np.ndarray:
@@ -154,7 +153,7 @@ class Federation:
             stats = self.engine.train(round_idx)
             shared = self.engine.share()
         records: list[Record] = [{"round": r, "node": i, "kind": TRAIN, **s} for i, s in enumerate(stats)]
-        heard = {"heard": rounds.heard_messages()} if self.cfg.mode == "async" else {}
+        heard = {"heard": rounds.heard_messages()} if self.cfg.mode == "async" and self.observers else {}
         for obs in self.observers:
             records += obs.observe(round_idx, graph, shared, self._starts(), **heard)
         if self.cfg.mode == "async":
