@@ -195,9 +195,11 @@ class Adversary:
                     continue
                 attack.prepare(view)
                 for v in targets:
-                    scored = None if spec.view == "received" else self._model(view_state(spec.view, a, v, shared, W))
+                    scored = None
                     if heard is not None and spec.access == "params":  # the message that reached it, not v's newest
                         scored = self._model(heard[a][v].state)
+                    elif spec.view != "received":
+                        scored = self._model(view_state(spec.view, a, v, shared, W))
                     record = self._attack_one(view, spec, attack, a, v, r, victim_model(v), scored)
                     if heard is not None and spec.access == "params":
                         record["message_time"] = heard[a][v].time
